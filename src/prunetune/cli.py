@@ -1,0 +1,195 @@
+"""``prunetune`` command line: one function per subcommand, thin over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import PrunetuneError
+
+EXIT_USAGE = 2
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def _m(x: int) -> str:
+    return f"{x / 1e6:.3f}"
+
+
+def _add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--model", help="timm model name or a JSON/YAML model file (default: embedded digits_vit)")
+    p.add_argument("--checkpoint", help="weights file: .safetensors or .pth (loaded with weights_only)")
+    if data:
+        p.add_argument("--data", help="ImageFolder directory with train/ and val/, or a torchvision data set name")
+        p.add_argument("--download", action="store_true", help="allow downloading a torchvision data set")
+        p.add_argument("--data-root", help="where torchvision data sets live")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+
+
+def _spec_for(args, config=None):
+    from .models import resolve_model_spec
+
+    if config is None:
+        return resolve_model_spec(args.model)
+    if args.model is not None:
+        given = resolve_model_spec(args.model)
+        if given != config.model:
+            raise PrunetuneError(
+                f"the config was made for model {config.model.name} {config.model.kwargs or ''} "
+                f"but --model is {given.name}; drop --model or use a config for it"
+            )
+    return config.model
+
+
+def cmd_info(args) -> int:
+    from .config import PruningConfig
+    from .evaluators import estimate_cost, format_macs
+    from .models import ViTArch
+
+    config = PruningConfig.load(args.config) if args.config else None
+    spec = _spec_for(args, config)
+    arch = ViTArch.from_spec(spec)
+    config = config or PruningConfig.dense(spec)
+    if config.width_mode != "count":
+        raise PrunetuneError("info needs a count-mode config; `prunetune prune` resolves thresholds")
+    cost = estimate_cost(config, arch)
+    rows = [[b.index, "yes" if b.kept else "dropped", b.tokens if b.kept else "-", b.heads, b.mlp,
+             config.blocks[b.index].sparsity, _m(b.macs), _m(b.params)] for b in cost.blocks]
+    print(f"model {spec.name} {spec.kwargs or ''}: depth {arch.depth}, dim {arch.embed_dim}, "
+          f"{arch.num_heads} heads x {arch.head_dim}, MLP {arch.mlp_hidden}, {arch.num_tokens} tokens")
+    print(_table(rows, ["block", "kept", "tokens", "heads", "mlp", "sparsity", "MMACs", "Mparams"]))
+    print(f"total: {format_macs(cost.macs)}, {cost.params:,} params ({cost.nonzero_params:,} non-zero)")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from . import _session
+    from ._pruned import save_pruned
+    from .config import PruningConfig
+    from .evaluators import count_params, estimate_cost, evaluate_accuracy, format_macs, measure_latency
+    from .pruners import prune
+
+    config = PruningConfig.load(args.config)
+    spec = _spec_for(args, config)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise PrunetuneError(f"output folder {out} is not empty; pass --overwrite or choose another --out")
+    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device)
+    config.check_fits(base.arch)
+    calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
+    pruned = prune(base.model, config, calib)
+    resolved = pruned.pruning_config
+    val = base.val_batches()
+    rows, report = [], {"config": resolved.to_dict(), "device": str(base.device)}
+    for name, model, cfg in (("dense", base.model, PruningConfig.dense(spec)), ("pruned", pruned, resolved)):
+        cost = estimate_cost(cfg, base.arch)
+        params, nonzero = count_params(model)
+        lat = None if args.no_latency else measure_latency(model, base.input_shape, args.latency_batch,
+                                                             threads=args.threads)
+        acc = evaluate_accuracy(model, val).accuracy
+        report[name] = {"macs": cost.macs, "params": params, "nonzero_params": nonzero,
+                        "latency_ms": None if lat is None else lat.median_ms, "val_accuracy": acc}
+        rows.append([name, _m(cost.macs), _m(2 * cost.macs), f"{params / 1e6:.3f}", f"{nonzero / 1e6:.3f}",
+                     "-" if lat is None else f"{lat.median_ms:.2f} ({lat.p10_ms:.2f}-{lat.p90_ms:.2f})",
+                     f"{100 * acc:.2f}"])
+    save_pruned(pruned, out, resolved, report)
+    d, p = report["dense"], report["pruned"]
+    print(_table(rows, ["model", "MMACs", "MFLOPs", "Mparams", "Mnonzero", f"ms@{args.latency_batch}", "val acc %"]))
+    print(f"MACs x{p['macs'] / d['macs']:.3f}, params x{p['params'] / d['params']:.3f}"
+          + ("" if args.no_latency else f", latency x{p['latency_ms'] / d['latency_ms']:.3f}")
+          + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points (no fine-tuning)")
+    print(f"pruned: {format_macs(p['macs'])}; wrote {out}/config.json and {out}/model.safetensors")
+    return 0
+
+
+def cmd_saliency(args) -> int:
+    from . import _session
+    from .pruners import compute_scores, get_saliency
+
+    get_saliency(args.criterion)  # unknown names fail before any work
+    spec = _spec_for(args)
+    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device)
+    calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
+    s = compute_scores(base.model, args.criterion, calib)
+    bmax = float(s.blocks.max()) or 1.0
+    rows = []
+    for i in range(len(s.heads)):
+        h = s.heads[i] / (s.heads[i].max().clamp_min(1e-30))
+        m = s.mlp[i] / (s.mlp[i].max().clamp_min(1e-30))
+        rows.append([i, f"{float(s.blocks[i]) / bmax:.3f}", " ".join(f"{v:.2f}" for v in h.tolist()),
+                     f"{float(m.min()):.2f}/{float(m.median()):.2f}", f"{int((m >= 0.5).sum())}/{m.numel()}"])
+    print(f"criterion {s.criterion} on {sum(len(y) for _, y in calib)} calibration images "
+          f"(scores normalised by the largest in each row's layer; blocks by the largest block)")
+    print(_table(rows, ["block", "block score", "heads", "mlp min/median", "mlp >= 0.5"]))
+    return 0
+
+
+def cmd_train_default(args) -> int:
+    from .default.train import main as train_main
+
+    train_main(["--epochs", str(args.epochs), "--seed", str(args.seed)] + (["--out", args.out] if args.out else []))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pruners import list_saliencies
+
+    p = argparse.ArgumentParser(prog="prunetune", description="Pruning-configuration search for Vision Transformers")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="per-block heads, MLP width, tokens, MACs and params")
+    s.add_argument("--model", help="timm model name or JSON/YAML model file (default: digits_vit)")
+    s.add_argument("--config", help="show a pruning config's shapes and cost instead of the dense model")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("prune", help="apply a config; write pruned weights + config; print before/after")
+    s.add_argument("--config", required=True, help="pruning config (.json or .yaml)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    _add_model_args(s)
+    s.add_argument("--calib-samples", type=int, default=256, help="images for data-driven criteria")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--latency-batch", type=int, default=64)
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: torch's)")
+    s.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("saliency", help="per-block saliency table of one criterion")
+    s.add_argument("--criterion", required=True, help=f"one of {', '.join(list_saliencies())}")
+    _add_model_args(s)
+    s.add_argument("--calib-samples", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_saliency)
+
+    s = sub.add_parser("train-default", help="retrain the embedded digits_vit default")
+    s.add_argument("--epochs", type=int, default=120)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="folder (default: inside the installed package)")
+    s.set_defaults(func=cmd_train_default)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PrunetuneError as e:
+        print(f"prunetune: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("prunetune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

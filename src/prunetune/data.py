@@ -1,0 +1,156 @@
+"""Data sets: the embedded digits default, ImageFolder directories and torchvision sets.
+
+Nothing here touches the network unless the caller passes ``download=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .errors import DataError
+
+__all__ = ["DataSplits", "digits_splits", "load_data", "make_loader", "calibration_batches"]
+
+DIGITS = "digits"
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass
+class DataSplits:
+    """Train / validation (/ test) data sets with their image geometry."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    num_classes: int
+    name: str
+
+
+def _digits_tensor(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    if img_size != 8:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    x = (x - 0.5) / 0.5
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def digits_splits(img_size: int = 16) -> DataSplits:
+    """scikit-learn's 1,797 real 8x8 digits, upsampled, with a fixed stratified 65/15/20 split."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = _digits_tensor(img_size)
+    idx = torch.arange(len(y)).numpy()
+    rest, test = train_test_split(idx, test_size=0.20, random_state=DIGITS_SPLIT_SEED, stratify=y)
+    train, val = train_test_split(
+        rest, test_size=0.1875, random_state=DIGITS_SPLIT_SEED, stratify=y[rest]
+    )
+
+    def sub(i):
+        i = torch.as_tensor(i)
+        return TensorDataset(x[i], y[i])
+
+    return DataSplits(sub(train), sub(val), sub(test), num_classes=10, name=DIGITS)
+
+
+def _image_transform(img_size: int, in_chans: int, mean, std):
+    from torchvision import transforms as T
+
+    ops = [T.Resize(img_size), T.CenterCrop(img_size)]
+    if in_chans == 1:
+        ops.append(T.Grayscale(1))
+    ops += [T.ToTensor(), T.Normalize(mean[:in_chans], std[:in_chans])]
+    return T.Compose(ops)
+
+
+def load_data(
+    data: str | None,
+    *,
+    img_size: int,
+    in_chans: int,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    download: bool = False,
+    root: str | Path | None = None,
+) -> DataSplits:
+    """Resolves ``--data``: None (digits), an ImageFolder directory, or a torchvision name.
+
+    Args:
+        data: None for the embedded digits; a directory holding ``train/`` and ``val/``
+            class folders; or a torchvision data set name (``cifar10``, ``mnist``, ...).
+        img_size: Side length the model expects.
+        in_chans: Channels the model expects.
+        mean: Normalisation mean (the model's pretrained config, else ImageNet's).
+        std: Normalisation std.
+        download: Allow a torchvision data set to be downloaded.
+        root: Where torchvision data sets live (default ``~/.cache/prunetune/data``).
+    """
+    if data is None or data == DIGITS:
+        if in_chans != 1:
+            raise DataError(f"the digits data set is grayscale but the model expects {in_chans} channels; pass --data")
+        return digits_splits(img_size)
+    tf = _image_transform(img_size, in_chans, mean, std)
+    path = Path(data)
+    if path.is_dir():
+        return _image_folder(path, tf)
+    if "/" in data or path.suffix:
+        raise DataError(f"data directory {data} does not exist")
+    return _torchvision(data, tf, download, Path(root or Path.home() / ".cache/prunetune/data"))
+
+
+def _image_folder(path: Path, tf) -> DataSplits:
+    from torchvision.datasets import ImageFolder
+
+    splits = {}
+    for split in ("train", "val"):
+        d = path / split
+        if not d.is_dir():
+            raise DataError(f"data directory {path} has no {split}/ folder; expected {path}/{{train,val}}/<class>/<image>")
+        try:
+            splits[split] = ImageFolder(str(d), transform=tf)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise DataError(f"data directory {d} holds no images: {str(e).splitlines()[0]}") from None
+    if splits["train"].classes != splits["val"].classes:
+        raise DataError(f"train/ and val/ in {path} have different class folders")
+    return DataSplits(splits["train"], splits["val"], None, len(splits["train"].classes), str(path))
+
+
+def _torchvision(name: str, tf, download: bool, root: Path) -> DataSplits:
+    import torchvision.datasets as tvd
+
+    table = {n.lower(): n for n in tvd.__all__}
+    cls_name = table.get(name.lower())
+    if cls_name is None:
+        raise DataError(f"--data {name!r} is neither a directory nor a torchvision data set name")
+    cls = getattr(tvd, cls_name)
+    try:
+        train = cls(str(root), train=True, transform=tf, download=download)
+        val = cls(str(root), train=False, transform=tf, download=download)
+    except RuntimeError as e:
+        hint = "" if download else "; pass --download to fetch it"
+        raise DataError(f"{cls_name} not found under {root}{hint} ({str(e).splitlines()[0]})") from None
+    except TypeError:
+        raise DataError(f"torchvision data set {cls_name} has no train/test split; use an ImageFolder") from None
+    classes = getattr(train, "classes", None)
+    return DataSplits(train, val, None, len(classes) if classes else 0, cls_name)
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0)
+
+
+def calibration_batches(ds: Dataset, num_samples: int, batch_size: int, seed: int = 0) -> list:
+    """A fixed random subset of ``ds`` as a list of (x, y) batches (for saliency, proxies)."""
+    if len(ds) == 0:
+        raise DataError("the calibration data set is empty")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[: min(num_samples, len(ds))].tolist()
+    return [batch for batch in make_loader(Subset(ds, idx), batch_size)]

@@ -1,0 +1,20 @@
+"""Evaluators: what a configuration costs and how good a pruned model is."""
+
+from __future__ import annotations
+
+from ._accuracy import AccuracyResult, evaluate_accuracy
+from ._cost import BlockCost, Cost, count_params, estimate_cost, format_macs, measure_macs
+from ._latency import LatencyResult, measure_latency
+
+__all__ = [
+    "AccuracyResult",
+    "BlockCost",
+    "Cost",
+    "LatencyResult",
+    "count_params",
+    "estimate_cost",
+    "evaluate_accuracy",
+    "format_macs",
+    "measure_latency",
+    "measure_macs",
+]

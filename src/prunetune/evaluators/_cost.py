@@ -1,0 +1,145 @@
+"""What a configuration costs: analytic MACs/params (no model built) and a measured count.
+
+Convention: MACs of every matrix multiply and convolution for one image, including the
+attention matmuls (q·kᵀ and attn·v per head), the class/prefix tokens and the classifier.
+Norms, softmax, activations and additions are not counted (as in the papers' GFLOPs). FLOPs
+are printed as 2·MACs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import PruningConfig
+from ..models import ViTArch
+
+__all__ = ["Cost", "BlockCost", "estimate_cost", "measure_macs", "count_params", "format_macs"]
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    index: int
+    kept: bool
+    tokens: int
+    heads: int
+    mlp: int
+    macs: int
+    params: int
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Per-image cost of a configuration.
+
+    ``macs`` is the dense count: unstructured sparsity lowers ``nonzero_params`` only.
+    """
+
+    macs: int
+    params: int
+    nonzero_params: int
+    blocks: tuple[BlockCost, ...] = field(default=())
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+def _block_macs(arch: ViTArch, n: int, h: int, m: int) -> int:
+    D, d = arch.embed_dim, arch.head_dim
+    a = h * d
+    linear = n * (D * 3 * a + a * D + (D * a if arch.gated_attn else 0) + 2 * D * m)
+    attn = 2 * h * n * n * d  # q·kᵀ and attn·v
+    return linear + attn
+
+
+def _block_params(arch: ViTArch, h: int, m: int) -> int:
+    return arch.params_block_fixed + h * arch.params_per_head + m * arch.params_per_neuron
+
+
+def _block_linear_numels(arch: ViTArch, h: int, m: int) -> list[int]:
+    D, a = arch.embed_dim, h * arch.head_dim
+    numels = [D * 3 * a, a * D, D * m, m * D]
+    if arch.gated_attn:
+        numels.append(D * a)
+    return numels
+
+
+def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
+    """Analytic cost of a count-mode ``config`` (microseconds; builds no model).
+
+    Threshold-mode configs need saliency scores to know their widths: resolve them first.
+    """
+    from ..pruners._unstructured import num_zeroed
+
+    arch = arch or ViTArch.from_spec(config.model)
+    config.check_fits(arch)
+    heads, mlps = config.kept_heads(arch), config.kept_mlp(arch)
+    n = arch.num_tokens
+    macs = arch.num_patches * arch.embed_dim * arch.in_chans * arch.patch_area
+    macs += arch.num_heads_out * arch.embed_dim * arch.num_classes
+    params = arch.params_outside_blocks
+    zeros = 0
+    blocks = []
+    for i, bc in enumerate(config.blocks):
+        if not bc.keep:
+            blocks.append(BlockCost(i, False, n, 0, 0, 0, 0))
+            continue
+        bm = _block_macs(arch, n, heads[i], mlps[i])
+        bp = _block_params(arch, heads[i], mlps[i])
+        if bc.sparsity > 0:
+            zeros += sum(num_zeroed(k, bc.sparsity) for k in _block_linear_numels(arch, heads[i], mlps[i]))
+        blocks.append(BlockCost(i, True, n, heads[i], mlps[i], bm, bp))
+        macs += bm
+        params += bp
+    return Cost(macs=macs, params=params, nonzero_params=params - zeros, blocks=tuple(blocks))
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, parameters not zeroed by a sparsity mask) of a real model."""
+    total = unmasked = 0
+    masks = {id(m.weight_orig): m.weight_mask for m in model.modules()
+             if hasattr(m, "weight_mask") and hasattr(m, "weight_orig")}
+    for p in model.parameters():
+        total += p.numel()
+        mask = masks.get(id(p))
+        unmasked += p.numel() if mask is None else int((mask != 0).sum().item())
+    return total, unmasked
+
+
+def measure_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of one forward pass on a single image, counted by torch's FlopCounterMode.
+
+    FlopCounterMode counts matmuls and convolutions at the aten level but, as of torch 2.14,
+    has no formula for the CPU kernel of scaled_dot_product_attention
+    (``aten._scaled_dot_product_flash_attention_for_cpu``); we register torch's own sdpa
+    formula for it so the attention matmuls are counted on CPU too.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_sdpa
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
+            model(torch.zeros(1, *input_shape, device=dev))
+    finally:
+        model.train(was)
+    return fc.get_total_flops() // 2
+
+
+def format_macs(macs: int) -> str:
+    """``"12.3 MMACs (24.6 MFLOPs)"`` with a unit that fits."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if macs >= div:
+            return f"{macs / div:.4g} {unit}MACs ({2 * macs / div:.4g} {unit}FLOPs)"
+    return f"{macs} MACs ({2 * macs} FLOPs)"

@@ -1,0 +1,298 @@
+"""Base models: what we support, how we build them, and their dimensions.
+
+A base model is named by a :class:`ModelSpec` (a timm model name plus keyword arguments, or
+``vit_custom`` for a bare :class:`timm.models.vision_transformer.VisionTransformer`). A pruned
+model is always *spec + config + weights*: we never pickle modules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.layers import Mlp
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from .errors import CheckpointError, UnsupportedModelError
+
+__all__ = [
+    "ModelSpec",
+    "ViTArch",
+    "SUPPORTED_FAMILIES",
+    "DEFAULT_MODEL",
+    "build_model",
+    "check_supported",
+    "load_weights",
+    "read_state_dict",
+    "resolve_model_spec",
+]
+
+#: Name prefixes of timm models we prune (all build timm's VisionTransformer).
+SUPPORTED_FAMILIES = ("vit_", "deit_", "deit3_")
+#: Name of the embedded default (a VisionTransformer trained on scikit-learn's digits).
+DEFAULT_MODEL = "digits_vit"
+CUSTOM = "vit_custom"
+
+DIGITS_VIT_KWARGS: dict[str, Any] = {
+    "img_size": 16,
+    "patch_size": 2,
+    "in_chans": 1,
+    "num_classes": 10,
+    "embed_dim": 96,
+    "depth": 6,
+    "num_heads": 6,
+    "mlp_ratio": 4.0,
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Names a base model: a timm model name and the keyword arguments to build it.
+
+    Attributes:
+        name: A timm model name (``vit_*``, ``deit_*``, ``deit3_*``), ``vit_custom`` for a
+            bare VisionTransformer built from ``kwargs``, or ``digits_vit`` (embedded default).
+        kwargs: Keyword arguments passed to the constructor (e.g. ``num_classes``).
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise UnsupportedModelError(f"model name must be a non-empty string, but got {self.name!r}")
+        if not isinstance(self.kwargs, dict):
+            raise UnsupportedModelError(f"model kwargs must be a mapping, but got {self.kwargs!r}")
+        if self.name in (DEFAULT_MODEL, CUSTOM):
+            return
+        if not self.name.startswith(SUPPORTED_FAMILIES):
+            raise UnsupportedModelError(
+                f"model {self.name!r} is not supported; supported: timm names starting with "
+                f"{', '.join(SUPPORTED_FAMILIES)}, '{CUSTOM}' or '{DEFAULT_MODEL}'"
+            )
+        if self.name not in timm.list_models():
+            raise UnsupportedModelError(
+                f"unknown timm model {self.name!r}; see timm.list_models('vit_*') for names"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> ModelSpec:
+        """Accepts a ModelSpec, a name string, or a ``{"name", "kwargs"}`` mapping."""
+        if isinstance(obj, ModelSpec):
+            return obj
+        if isinstance(obj, str):
+            return cls(obj)
+        if isinstance(obj, dict):
+            unknown = set(obj) - {"name", "kwargs"}
+            if unknown or "name" not in obj:
+                raise UnsupportedModelError(
+                    f"model must be a name or {{'name', 'kwargs'}}, but got keys {sorted(obj)}"
+                )
+            return cls(obj["name"], dict(obj.get("kwargs") or {}))
+        raise UnsupportedModelError(f"model must be a name or a mapping, but got {obj!r}")
+
+    def __hash__(self) -> int:
+        return hash((self.name, json.dumps(self.kwargs, sort_keys=True, default=str)))
+
+
+def resolve_model_spec(model: str | None) -> ModelSpec:
+    """Turns a ``--model`` value (None, a name, or a JSON/YAML file) into a spec."""
+    if model is None:
+        return ModelSpec(DEFAULT_MODEL)
+    path = Path(model)
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        if not path.is_file():
+            raise UnsupportedModelError(f"model file {model} does not exist")
+        from .config import _read_mapping
+
+        return ModelSpec.from_obj(_read_mapping(path, what="model file"))
+    return ModelSpec(model)
+
+
+def build_model(spec: ModelSpec | str, device: str | torch.device | None = None) -> VisionTransformer:
+    """Builds the base model with random init (never downloads weights) and checks support."""
+    spec = ModelSpec.from_obj(spec)
+    if spec.name == DEFAULT_MODEL:
+        kwargs = {**DIGITS_VIT_KWARGS, **spec.kwargs}
+        model = VisionTransformer(**kwargs)
+    elif spec.name == CUSTOM:
+        try:
+            model = VisionTransformer(**spec.kwargs)
+        except (TypeError, AssertionError, ValueError) as e:
+            raise UnsupportedModelError(f"cannot build vit_custom from {spec.kwargs}: {e}") from None
+    else:
+        try:
+            model = timm.create_model(spec.name, pretrained=False, **spec.kwargs)
+        except (TypeError, AssertionError, ValueError) as e:
+            raise UnsupportedModelError(f"cannot build {spec.name} with {spec.kwargs}: {e}") from None
+    check_supported(model)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raises :class:`UnsupportedModelError` unless prunetune can prune ``model``."""
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a timm VisionTransformer; supported families: "
+            f"{', '.join(f + '*' for f in SUPPORTED_FAMILIES)} and custom VisionTransformer"
+        )
+    if getattr(model, "attn_pool", None) is not None:
+        raise UnsupportedModelError("attention-pool heads (global_pool='map') are not supported")
+    for i, blk in enumerate(model.blocks):
+        if not isinstance(blk, Block):
+            raise UnsupportedModelError(
+                f"block {i} is a {type(blk).__name__}; only timm's Block is supported"
+            )
+        if type(blk.attn) is not Attention:
+            raise UnsupportedModelError(
+                f"block {i} uses {type(blk.attn).__name__}; only timm's Attention is supported"
+            )
+        if not isinstance(blk.mlp, Mlp) or not isinstance(blk.mlp.fc1, nn.Linear):
+            raise UnsupportedModelError(
+                f"block {i} uses {type(blk.mlp).__name__}; only timm's Mlp (Linear) is supported"
+            )
+
+
+def _n(module: nn.Module | None) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """Dimensions of a dense base model, enough to cost any configuration analytically.
+
+    Parameter counts are split into a part that scales with kept heads, a part that scales
+    with kept MLP neurons, and fixed parts; all are exact for timm's Block/Attention/Mlp.
+    """
+
+    depth: int
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    mlp_hidden: int
+    num_patches: int
+    num_prefix_tokens: int
+    in_chans: int
+    patch_area: int
+    num_classes: int
+    num_heads_out: int  # classifier heads (2 for distilled DeiT)
+    gated_attn: bool
+    params_per_head: int
+    params_per_neuron: int
+    params_block_fixed: int
+    params_outside_blocks: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix_tokens
+
+    @classmethod
+    def from_model(cls, model: VisionTransformer) -> ViTArch:
+        check_supported(model)
+        blk = model.blocks[0]
+        attn, mlp = blk.attn, blk.mlp
+        D = model.embed_dim
+        H, d = attn.num_heads, attn.head_dim
+        M = mlp.fc1.out_features
+        scales_with_heads = _n(attn.qkv) + attn.proj.weight.numel() + _n(attn.gate)
+        scales_with_heads += 0 if isinstance(attn.norm, nn.Identity) else _n(attn.norm)
+        scales_with_neurons = mlp.fc1.weight.numel() + mlp.fc2.weight.numel()
+        scales_with_neurons += 0 if mlp.fc1.bias is None else mlp.fc1.bias.numel()
+        scales_with_neurons += 0 if isinstance(mlp.norm, nn.Identity) else _n(mlp.norm)
+        block_total = _n(blk)
+        for b in model.blocks:
+            if (b.attn.num_heads, b.attn.head_dim, b.mlp.fc1.out_features) != (H, d, M) or _n(b) != block_total:
+                raise UnsupportedModelError("base model blocks must all have the same shape")
+        heads_out = [m for m in (getattr(model, "head", None), getattr(model, "head_dist", None))
+                     if isinstance(m, nn.Linear)]
+        pe = model.patch_embed
+        return cls(
+            depth=len(model.blocks),
+            embed_dim=D,
+            num_heads=H,
+            head_dim=d,
+            mlp_hidden=M,
+            num_patches=pe.num_patches,
+            num_prefix_tokens=model.num_prefix_tokens,
+            in_chans=pe.proj.in_channels,
+            patch_area=pe.proj.kernel_size[0] * pe.proj.kernel_size[1],
+            num_classes=model.num_classes,
+            num_heads_out=len(heads_out),
+            gated_attn=attn.gate is not None,
+            params_per_head=scales_with_heads // H,
+            params_per_neuron=scales_with_neurons // M,
+            params_block_fixed=block_total - scales_with_heads - scales_with_neurons,
+            params_outside_blocks=_n(model) - block_total * len(model.blocks),
+        )
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec | str) -> ViTArch:
+        """Arch of a spec without allocating weights (built on the meta device)."""
+        spec = ModelSpec.from_obj(spec)
+        cached = _ARCH_CACHE.get(spec)
+        if cached is None:
+            with torch.device("meta"):
+                cached = cls.from_model(build_model(spec))
+            _ARCH_CACHE[spec] = cached
+        return cached
+
+
+_ARCH_CACHE: dict[ModelSpec, ViTArch] = {}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a safetensors or torch (``weights_only``) file into a flat state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt files raise many different types
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} could not be read ({msg[:160]})") from None
+    for key in ("model_ema", "model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Loads a checkpoint into ``model`` strictly, with a one-line error on mismatch."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(
+                f"checkpoint {path} does not match the model: {k} has shape {tuple(v.shape)}, "
+                f"model expects {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    return model

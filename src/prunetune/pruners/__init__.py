@@ -1,0 +1,40 @@
+"""Model surgery (pruners) and the saliency criteria that decide which units go.
+
+Each pruning kind is a small registered module; :func:`prune` runs every pruner that a
+configuration needs, in order (heads, MLP, unstructured, depth).
+"""
+
+from __future__ import annotations
+
+from . import _depth, _heads, _mlp, _unstructured  # noqa: F401  (register the pruners)
+from ._apply import prune, rebuild_structure
+from ._registry import Pruner, get_pruner, list_pruners, register_pruner
+from ._saliency import (
+    Saliency,
+    SaliencyScores,
+    compute_scores,
+    empirical_fisher_diag,
+    get_saliency,
+    group_scores,
+    hutchinson_hessian_diag,
+    list_saliencies,
+    register_saliency,
+)
+
+__all__ = [
+    "Pruner",
+    "Saliency",
+    "SaliencyScores",
+    "compute_scores",
+    "empirical_fisher_diag",
+    "get_pruner",
+    "get_saliency",
+    "group_scores",
+    "hutchinson_hessian_diag",
+    "list_pruners",
+    "list_saliencies",
+    "prune",
+    "rebuild_structure",
+    "register_pruner",
+    "register_saliency",
+]

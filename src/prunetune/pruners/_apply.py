@@ -1,0 +1,69 @@
+"""Apply a PruningConfig to a model: the one entry point for surgery."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+from torch import nn
+
+from ..config import PruningConfig
+from ..errors import ConfigError
+from ..models import ViTArch, check_supported
+from ._registry import get_pruner, list_pruners
+from ._saliency import SaliencyScores, get_saliency
+
+__all__ = ["prune", "rebuild_structure"]
+
+
+def _check(model: nn.Module, config: PruningConfig) -> None:
+    check_supported(model)
+    config.check_fits(ViTArch.from_model(model))
+    if any(b.token_keep < 1.0 for b in config.blocks) and not any(
+        get_pruner(n).applies(config) for n in list_pruners() if n.startswith("tokens")
+    ):
+        raise ConfigError("token_keep < 1 needs a token pruner, and none is registered in this version")
+
+
+def prune(
+    model: nn.Module,
+    config: PruningConfig,
+    batches: Iterable | None = None,
+    scores: SaliencyScores | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Returns ``model`` pruned by ``config``: an ordinary nn.Module.
+
+    Args:
+        model: A dense timm VisionTransformer (left untouched unless ``inplace``).
+        config: The configuration (threshold configs are resolved with the scores).
+        batches: Calibration batches of (x, y) for data-driven criteria.
+        scores: Precomputed saliency scores (computed from ``config.criterion`` if None).
+        inplace: Edit ``model`` itself instead of a deep copy.
+
+    The returned model carries the resolved (count-mode) config as ``model.pruning_config``.
+    """
+    _check(model, config)
+    if scores is None and not config.is_identity:
+        scores = get_saliency(config.criterion).scores(model, list(batches or []))
+    resolved = config.resolve(scores) if config.width_mode == "threshold" else config
+    out = model if inplace else copy.deepcopy(model)
+    for name in list_pruners():
+        pruner = get_pruner(name)
+        if pruner.applies(resolved):
+            pruner.apply(out, resolved, scores)
+    out.pruning_config = resolved
+    return out
+
+
+def rebuild_structure(model: nn.Module, config: PruningConfig) -> nn.Module:
+    """Applies only the shapes of a count-mode ``config`` (weights are loaded afterwards)."""
+    if config.width_mode != "count":
+        raise ConfigError("a saved model's config must be in count mode")
+    _check(model, config)
+    for name in list_pruners():
+        pruner = get_pruner(name)
+        if pruner.applies(config):
+            pruner.apply(model, config, None)
+    model.pruning_config = config
+    return model

@@ -1,0 +1,19 @@
+"""Depth pruning: remove whole blocks."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ._registry import register_pruner
+
+
+@register_pruner("depth", order=90)
+class DepthPruner:
+    """Drops the blocks whose config says ``keep: false`` (runs last: indices shift)."""
+
+    def applies(self, config) -> bool:
+        return not all(b.keep for b in config.blocks)
+
+    def apply(self, model, config, scores) -> None:
+        kept = [blk for blk, bc in zip(model.blocks, config.blocks) if bc.keep]
+        model.blocks = nn.Sequential(*kept)

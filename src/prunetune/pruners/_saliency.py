@@ -1,0 +1,403 @@
+"""Saliency criteria: which heads, MLP neurons and blocks matter.
+
+A criterion is one small class registered by name with a one-method protocol,
+``scores(model, batches) -> SaliencyScores``. Element-wise criteria compute a score per weight
+of every block parameter and then sum it per head (q/k/v rows, proj columns), per MLP neuron
+(fc1 row and bias, fc2 column) and per block; those element scores also drive unstructured
+sparsity. All criteria run the model in eval mode on calibration batches of ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = [
+    "Saliency",
+    "SaliencyScores",
+    "register_saliency",
+    "get_saliency",
+    "list_saliencies",
+    "compute_scores",
+    "hutchinson_hessian_diag",
+    "empirical_fisher_diag",
+    "group_scores",
+]
+
+
+@dataclass
+class SaliencyScores:
+    """Scores of one model's units; higher means more important.
+
+    Attributes:
+        criterion: Name of the criterion that produced them.
+        heads: One tensor of shape ``[num_heads]`` per block.
+        mlp: One tensor of shape ``[mlp_hidden]`` per block.
+        blocks: Tensor of shape ``[depth]``.
+        elements: Per-parameter element scores (same shapes as the block parameters, keyed by
+            parameter name) or None when the criterion has none.
+    """
+
+    criterion: str
+    heads: list[torch.Tensor]
+    mlp: list[torch.Tensor]
+    blocks: torch.Tensor
+    elements: dict[str, torch.Tensor] | None = None
+
+
+@runtime_checkable
+class Saliency(Protocol):
+    """Protocol: ``scores(model, batches) -> SaliencyScores``."""
+
+    name: str
+
+    def scores(self, model: nn.Module, batches: Iterable) -> SaliencyScores: ...
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_saliency(name: str) -> Callable[[type], type]:
+    """Class decorator registering a saliency criterion under ``name`` (duplicates warn)."""
+
+    def deco(cls: type) -> type:
+        if name in _REGISTRY:
+            warnings.warn(f"saliency {name!r} registered twice; the later one wins", stacklevel=2)
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def list_saliencies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_saliency(criterion: str | Saliency, **kwargs) -> Saliency:
+    """Returns an instance for a registered name, or ``criterion`` itself if it is one."""
+    if not isinstance(criterion, str):
+        if not isinstance(criterion, Saliency):
+            raise ConfigError(f"a saliency must have .name and .scores(model, batches), got {criterion!r}")
+        return criterion
+    if criterion not in _REGISTRY:
+        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(list_saliencies())}")
+    return _REGISTRY[criterion](**kwargs)
+
+
+def compute_scores(model: nn.Module, criterion: str | Saliency, batches: Iterable | None, **kwargs) -> SaliencyScores:
+    """Convenience: ``get_saliency(criterion, **kwargs).scores(model, batches)``."""
+    return get_saliency(criterion, **kwargs).scores(model, list(batches or []))
+
+
+# --- grouping --------------------------------------------------------------------------------
+
+
+def _block_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if n.startswith("blocks.")}
+
+
+def group_scores(model: nn.Module, elements: dict[str, torch.Tensor], criterion: str,
+                 finalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SaliencyScores:
+    """Sums element scores per head, MLP neuron and block (then applies ``finalize``)."""
+    fin = finalize or (lambda t: t)
+    heads, mlp, blocks = [], [], []
+    for i, blk in enumerate(model.blocks):
+        attn, m = blk.attn, blk.mlp
+        H, d, A = attn.num_heads, attn.head_dim, attn.attn_dim
+
+        def e(mod_path: str, pname: str):
+            return elements.get(f"blocks.{i}.{mod_path}.{pname}")
+
+        h = torch.zeros(H, dtype=torch.float64)
+        for pname in ("weight", "bias"):
+            t = e("attn.qkv", pname)
+            if t is not None:  # rows: [q heads | k heads | v heads]
+                h += t.double().reshape(3, H, d, -1).sum(dim=(0, 2, 3))
+            t = e("attn.gate", pname)
+            if t is not None:
+                h += t.double().reshape(H, d, -1).sum(dim=(1, 2))
+            t = e("attn.norm", pname)
+            if t is not None:
+                h += t.double().reshape(H, d).sum(1)
+        t = e("attn.proj", "weight")
+        if t is not None:
+            h += t.double().reshape(-1, H, d).sum(dim=(0, 2))
+        M = m.fc1.out_features
+        n = torch.zeros(M, dtype=torch.float64)
+        t = e("mlp.fc1", "weight")
+        if t is not None:
+            n += t.double().sum(1)
+        for pname in ("bias",):
+            t = e("mlp.fc1", pname)
+            if t is not None:
+                n += t.double()
+        for pname in ("weight", "bias"):
+            t = e("mlp.norm", pname)
+            if t is not None:
+                n += t.double()
+        t = e("mlp.fc2", "weight")
+        if t is not None:
+            n += t.double().sum(0)
+        b = sum(v.double().sum() for k, v in elements.items() if k.startswith(f"blocks.{i}."))
+        heads.append(fin(h).float())
+        mlp.append(fin(n).float())
+        blocks.append(fin(torch.as_tensor(b, dtype=torch.float64)).float())
+    return SaliencyScores(criterion, heads, mlp, torch.stack(blocks), elements)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _eval_unfused(model: nn.Module):
+    """Eval mode and timm's explicit attention path (needed for double backward and vmap)."""
+    was_training = model.training
+    fused = [(a, a.fused_attn) for a in model.modules() if hasattr(a, "fused_attn")]
+    model.eval()
+    for a, _ in fused:
+        a.fused_attn = False
+    try:
+        yield model
+    finally:
+        for a, f in fused:
+            a.fused_attn = f
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _need_batches(batches: list, name: str) -> None:
+    if not batches:
+        raise ConfigError(f"criterion {name!r} needs calibration batches, but got none")
+
+
+def _mean_grad(model: nn.Module, batches: list) -> dict[str, torch.Tensor]:
+    params = _block_params(model)
+    dev = _device(model)
+    acc = {n: torch.zeros_like(p) for n, p in params.items()}
+    n_total = sum(len(y) for _, y in batches)
+    for x, y in batches:
+        loss = F.cross_entropy(model(x.to(dev)), y.to(dev), reduction="sum") / n_total
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (n, _), g in zip(params.items(), grads):
+            if g is not None:
+                acc[n] += g
+    return acc
+
+
+def hutchinson_hessian_diag(model: nn.Module, batches: list, num_probes: int = 32,
+                            seed: int = 0) -> dict[str, torch.Tensor]:
+    """Hutchinson estimate of the Hessian diagonal of the mean cross-entropy.
+
+    ``diag(H) ≈ mean_k z_k ⊙ (H z_k)`` with Rademacher ``z_k``; ``H z`` by a Hessian-vector
+    product (double backward). Unbiased; error shrinks as ``1/sqrt(num_probes)``.
+    """
+    params = _block_params(model)
+    names, plist = list(params), list(params.values())
+    dev = _device(model)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    est = [torch.zeros_like(p) for p in plist]
+    n_total = sum(len(y) for _, y in batches)
+    with _eval_unfused(model):
+        for x, y in batches:
+            loss = F.cross_entropy(model(x.to(dev)), y.to(dev), reduction="sum") / n_total
+            grads = torch.autograd.grad(loss, plist, create_graph=True)
+            for _ in range(num_probes):
+                zs = [(torch.randint(0, 2, p.shape, generator=gen).to(p) * 2 - 1) for p in plist]
+                hz = torch.autograd.grad(grads, plist, grad_outputs=zs, retain_graph=True)
+                for e, z, h in zip(est, zs, hz):
+                    e += z * h / num_probes
+    return dict(zip(names, [e.detach() for e in est]))
+
+
+def empirical_fisher_diag(model: nn.Module, batches: list, chunk: int = 64) -> dict[str, torch.Tensor]:
+    """Empirical Fisher diagonal: mean over samples of the squared per-sample gradient.
+
+    Per-sample gradients come from ``torch.func.vmap(grad(...))`` over chunks of samples.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in _block_params(model).items()}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in params}
+    fixed.update({n: b for n, b in model.named_buffers()})
+    dev = _device(model)
+
+    def loss_fn(p, xi, yi):
+        out = functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    per_sample = vmap(grad(loss_fn), in_dims=(None, 0, 0))
+    acc = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = 0
+    with _eval_unfused(model):
+        for x, y in batches:
+            x, y = x.to(dev), y.to(dev)
+            for s in range(0, len(y), chunk):
+                g = per_sample(params, x[s:s + chunk], y[s:s + chunk])
+                for n in acc:
+                    acc[n] += g[n].pow(2).sum(0)
+                count += len(y[s:s + chunk])
+    return {n: a / count for n, a in acc.items()}
+
+
+# --- criteria --------------------------------------------------------------------------------
+
+
+@register_saliency("magnitude_l1")
+class MagnitudeL1:
+    """Sum of |w| over each unit's weights."""
+
+    def scores(self, model, batches=()):
+        el = {n: p.detach().abs() for n, p in _block_params(model).items()}
+        return group_scores(model, el, self.name)
+
+
+@register_saliency("magnitude_l2")
+class MagnitudeL2:
+    """L2 norm of each unit's weights (element scores are w²; groups take the square root)."""
+
+    def scores(self, model, batches=()):
+        el = {n: p.detach().pow(2) for n, p in _block_params(model).items()}
+        return group_scores(model, el, self.name, finalize=torch.sqrt)
+
+
+@register_saliency("taylor")
+class Taylor:
+    """First-order Taylor: |w · dL/dw| with dL/dw the mean gradient on the calibration batches."""
+
+    def scores(self, model, batches):
+        _need_batches(batches, self.name)
+        was = model.training
+        model.eval()
+        try:
+            g = _mean_grad(model, batches)
+        finally:
+            model.train(was)
+        params = _block_params(model)
+        el = {n: (params[n].detach() * g[n]).abs() for n in g}
+        return group_scores(model, el, self.name)
+
+
+@register_saliency("hessian")
+class HessianOBD:
+    """Optimal Brain Damage: ½ h_ii w², h_ii by a Hutchinson estimator.
+
+    Args:
+        num_probes: Rademacher probes per calibration batch.
+        seed: Probe seed.
+    """
+
+    def __init__(self, num_probes: int = 32, seed: int = 0):
+        self.num_probes, self.seed = num_probes, seed
+
+    def scores(self, model, batches):
+        _need_batches(batches, self.name)
+        diag = hutchinson_hessian_diag(model, batches, self.num_probes, self.seed)
+        params = _block_params(model)
+        # h_ii may come out slightly negative (non-convex loss, estimator noise): clamp at 0
+        el = {n: 0.5 * diag[n].clamp_min(0) * params[n].detach().pow(2) for n in diag}
+        return group_scores(model, el, self.name)
+
+
+@register_saliency("fisher")
+class FisherDiag:
+    """Empirical Fisher: ½ F_ii w² with F_ii the mean per-sample squared gradient."""
+
+    def scores(self, model, batches):
+        _need_batches(batches, self.name)
+        diag = empirical_fisher_diag(model, batches)
+        params = _block_params(model)
+        el = {n: 0.5 * diag[n] * params[n].detach().pow(2) for n in diag}
+        return group_scores(model, el, self.name)
+
+
+@register_saliency("activation")
+class ActivationMagnitude:
+    """Mean |activation| of each head's output and each MLP neuron; block = relative residual update.
+
+    Element scores are |w_ij|·‖x_j‖ (each weight times the RMS of its input feature, as Wanda).
+    """
+
+    def scores(self, model, batches):
+        _need_batches(batches, self.name)
+        dev = _device(model)
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        block_rel = torch.zeros(len(model.blocks), dtype=torch.float64)
+        hooks = []
+
+        def lin_hook(name):
+            def hook(mod, inp, out):
+                x = inp[0].detach().reshape(-1, inp[0].shape[-1])
+                sums[name + ".abs"] = sums.get(name + ".abs", 0) + x.abs().sum(0).double()
+                sums[name + ".sq"] = sums.get(name + ".sq", 0) + x.pow(2).sum(0).double()
+                counts[name] = counts.get(name, 0) + x.shape[0]
+            return hook
+
+        def blk_hook(i):
+            def hook(mod, inp, out):
+                x = inp[0].detach()
+                rel = (out.detach() - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)
+                block_rel[i] += rel.double().sum().item()
+                counts[f"block{i}"] = counts.get(f"block{i}", 0) + rel.numel()
+            return hook
+
+        for n, mod in model.named_modules():
+            if n.startswith("blocks.") and isinstance(mod, nn.Linear):
+                hooks.append(mod.register_forward_hook(lin_hook(n)))
+        for i, blk in enumerate(model.blocks):
+            hooks.append(blk.register_forward_hook(blk_hook(i)))
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for x, _ in batches:
+                    model(x.to(dev))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was)
+        heads, mlp, el = [], [], {}
+        for i, blk in enumerate(model.blocks):
+            H, d = blk.attn.num_heads, blk.attn.head_dim
+            a = sums[f"blocks.{i}.attn.proj.abs"] / counts[f"blocks.{i}.attn.proj"]
+            heads.append(a.reshape(H, d).mean(1).float())
+            mlp.append((sums[f"blocks.{i}.mlp.fc2.abs"] / counts[f"blocks.{i}.mlp.fc2"]).float())
+            block_rel[i] /= counts[f"block{i}"]
+        for n, p in _block_params(model).items():
+            mod = n.rsplit(".", 1)[0]
+            if n.endswith(".weight") and p.dim() == 2 and f"{mod}.sq" in sums:
+                rms = (sums[f"{mod}.sq"] / counts[mod]).sqrt().float()
+                el[n] = p.detach().abs() * rms.to(p.device)
+            else:
+                el[n] = p.detach().abs()
+        return SaliencyScores(self.name, heads, mlp, block_rel.float(), el)
+
+
+@register_saliency("random")
+class RandomSaliency:
+    """Uniform random scores: the control every criterion should beat."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def scores(self, model, batches=()):
+        gen = torch.Generator().manual_seed(self.seed)
+        el = {n: torch.rand(p.shape, generator=gen).to(p.device) for n, p in _block_params(model).items()}
+        heads = [torch.rand(b.attn.num_heads, generator=gen) for b in model.blocks]
+        mlp = [torch.rand(b.mlp.fc1.out_features, generator=gen) for b in model.blocks]
+        return SaliencyScores(self.name, heads, mlp, torch.rand(len(model.blocks), generator=gen), el)
+
+

@@ -1,0 +1,49 @@
+"""Unstructured sparsity: per-layer masks on each kept block's linear weights.
+
+Masks use ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``), so they survive
+fine-tuning and a save/load round trip. They zero weights but do not reduce dense MACs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from ._registry import register_pruner
+
+
+def sparse_linears(block: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The linear layers of a block that unstructured sparsity applies to."""
+    return [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+
+
+def num_zeroed(numel: int, sparsity: float) -> int:
+    return int(round(sparsity * numel))
+
+
+@register_pruner("unstructured", order=30)
+class UnstructuredPruner:
+    """Zeroes the ``round(sparsity·numel)`` lowest-scoring weights of every block linear.
+
+    Element scores come from the config's criterion when it has them, else |w|.
+    """
+
+    def applies(self, config) -> bool:
+        return any(b.sparsity > 0 for b in config.blocks)
+
+    @torch.no_grad()
+    def apply(self, model, config, scores) -> None:
+        for i, (blk, bc) in enumerate(zip(model.blocks, config.blocks)):
+            if bc.sparsity <= 0:
+                continue
+            for name, lin in sparse_linears(blk):
+                w = lin.weight
+                k = num_zeroed(w.numel(), bc.sparsity)
+                mask = torch.ones_like(w)
+                if scores is not None and k > 0:
+                    el = (scores.elements or {}).get(f"blocks.{i}.{name}.weight")
+                    s = el if el is not None and el.shape == w.shape else w.abs()
+                    idx = torch.argsort(s.reshape(-1).double(), stable=True)[:k]
+                    mask.view(-1)[idx.to(w.device)] = 0
+                torch_prune.custom_from_mask(lin, "weight", mask)

@@ -1,0 +1,1 @@
+"""Search dimensions and their bounds (filled by the search issue)."""
