@@ -73,7 +73,13 @@ def cmd_prune(args) -> int:
     from . import _session
     from ._pruned import save_pruned
     from .config import PruningConfig
-    from .evaluators import count_params, estimate_cost, evaluate_accuracy, format_macs, measure_latency
+    from .evaluators import (
+        count_params,
+        estimate_cost,
+        evaluate_accuracy,
+        format_macs,
+        measure_latency,
+    )
     from .pruners import prune
 
     config = PruningConfig.load(args.config)

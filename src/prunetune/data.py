@@ -108,11 +108,12 @@ def load_data(
 def _image_folder(path: Path, tf) -> DataSplits:
     from torchvision.datasets import ImageFolder
 
+    for split in ("train", "val"):
+        if not (path / split).is_dir():
+            raise DataError(f"data directory {path} has no {split}/ folder; expected {path}/{{train,val}}/<class>/<image>")
     splits = {}
     for split in ("train", "val"):
         d = path / split
-        if not d.is_dir():
-            raise DataError(f"data directory {path} has no {split}/ folder; expected {path}/{{train,val}}/<class>/<image>")
         try:
             splits[split] = ImageFolder(str(d), transform=tf)
         except (FileNotFoundError, RuntimeError) as e:
