@@ -156,3 +156,19 @@ def test_checkpoint_mismatch_is_a_usage_error(tmp_path, capsys):
                         "--checkpoint", str(tmp_path / "other.pth")], capsys)
     assert_usage_error(code, err, "does not match the model")
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_with_kd_finetune_recovers(tmp_path, capsys):
+    code, out, err = run(["prune", "--config", str(EXAMPLE), "--out", str(tmp_path / "o"), "--device", "cpu",
+                          "--no-latency", "--finetune-epochs", "1"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    before, after = report["pruned"]["val_accuracy"], report["+KD 1 ep"]["val_accuracy"]
+    assert after > before + 0.05  # one epoch of distillation recovers a real part of the loss
+    assert "after 1 epochs of KD fine-tuning" in out
+    # the saved weights are the fine-tuned ones
+    from prunetune import evaluate_accuracy
+    from prunetune.data import digits_splits, make_loader
+
+    acc = evaluate_accuracy(load_pruned(tmp_path / "o"), make_loader(digits_splits().val, 256)).accuracy
+    assert acc == pytest.approx(after)

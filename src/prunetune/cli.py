@@ -77,6 +77,7 @@ def cmd_prune(args) -> int:
         count_params,
         estimate_cost,
         evaluate_accuracy,
+        finetune,
         format_macs,
         measure_latency,
     )
@@ -94,7 +95,17 @@ def cmd_prune(args) -> int:
     resolved = pruned.pruning_config
     val = base.val_batches()
     rows, report = [], {"config": resolved.to_dict(), "device": str(base.device)}
-    for name, model, cfg in (("dense", base.model, PruningConfig.dense(spec)), ("pruned", pruned, resolved)):
+    stages = [("dense", base.model, PruningConfig.dense(spec))]
+    if args.finetune_epochs > 0:
+        import copy
+
+        stages.append(("pruned", copy.deepcopy(pruned), resolved))
+        finetune(pruned, base.data.train, teacher=base.model, epochs=args.finetune_epochs, lr=args.lr,
+                 batch_size=args.batch_size, seed=args.seed)
+        stages.append((f"+KD {args.finetune_epochs:g} ep", pruned, resolved))
+    else:
+        stages.append(("pruned", pruned, resolved))
+    for name, model, cfg in stages:
         cost = estimate_cost(cfg, base.arch)
         params, nonzero = count_params(model)
         lat = None if args.no_latency else measure_latency(model, base.input_shape, args.latency_batch,
@@ -106,11 +117,12 @@ def cmd_prune(args) -> int:
                      "-" if lat is None else f"{lat.median_ms:.2f} ({lat.p10_ms:.2f}-{lat.p90_ms:.2f})",
                      f"{100 * acc:.2f}"])
     save_pruned(pruned, out, resolved, report)
-    d, p = report["dense"], report["pruned"]
+    d, p = report["dense"], report[stages[-1][0]]
     print(_table(rows, ["model", "MMACs", "MFLOPs", "Mparams", "Mnonzero", f"ms@{args.latency_batch}", "val acc %"]))
+    tuned = f"after {args.finetune_epochs:g} epochs of KD fine-tuning" if args.finetune_epochs > 0 else "no fine-tuning"
     print(f"MACs x{p['macs'] / d['macs']:.3f}, params x{p['params'] / d['params']:.3f}"
           + ("" if args.no_latency else f", latency x{p['latency_ms'] / d['latency_ms']:.3f}")
-          + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points (no fine-tuning)")
+          + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points ({tuned})")
     print(f"pruned: {format_macs(p['macs'])}; wrote {out}/config.json and {out}/model.safetensors")
     return 0
 
@@ -165,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-batch", type=int, default=64)
     s.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: torch's)")
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    s.add_argument("--finetune-epochs", type=float, default=0.0,
+                   help="recovery fine-tuning with distillation from the dense model (default 0: none)")
+    s.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_prune)
 

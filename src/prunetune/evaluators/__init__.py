@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._accuracy import AccuracyResult, evaluate_accuracy
 from ._cost import BlockCost, Cost, count_params, estimate_cost, format_macs, measure_macs
+from ._finetune import distillation_loss, finetune
 from ._latency import LatencyResult, measure_latency
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "Cost",
     "LatencyResult",
     "count_params",
+    "distillation_loss",
+    "finetune",
     "estimate_cost",
     "evaluate_accuracy",
     "format_macs",
