@@ -123,6 +123,9 @@ def cmd_prune(args) -> int:
     print(f"MACs x{p['macs'] / d['macs']:.3f}, params x{p['params'] / d['params']:.3f}"
           + ("" if args.no_latency else f", latency x{p['latency_ms'] / d['latency_ms']:.3f}")
           + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points ({tuned})")
+    sched = estimate_cost(resolved, base.arch).blocks
+    print("tokens per block: " + " ".join(str(b.tokens) if b.kept else "-" for b in sched)
+          + ("" if not resolved.has_tokens else f" (token_mode {resolved.token_mode})"))
     print(f"pruned: {format_macs(p['macs'])}; wrote {out}/config.json and {out}/model.safetensors")
     return 0
 

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BlockConfig", "PruningConfig", "SCHEMA_VERSION", "WIDTH_MODES"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this release reads (1 had no token_mode; it defaults to "attentive").
+READABLE_SCHEMAS = (1, 2)
 WIDTH_MODES = ("count", "threshold")
 
 
@@ -83,7 +85,7 @@ class BlockConfig:
 
 
 _BLOCK_KEYS = {f for f in BlockConfig.__dataclass_fields__}
-_TOP_KEYS = {"schema_version", "model", "criterion", "width_mode", "blocks"}
+_TOP_KEYS = {"schema_version", "model", "criterion", "width_mode", "token_mode", "blocks"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class PruningConfig:
         blocks: One entry per block of the base model.
         criterion: Saliency criterion name (see :func:`prunetune.list_saliencies`).
         width_mode: ``"count"`` or ``"threshold"``.
+        token_mode: How blocks with ``token_keep < 1`` reduce tokens: ``attentive``,
+            ``attentive_fuse``, ``merge`` or ``learned`` (see :mod:`prunetune.pruners._tokens`).
         schema_version: Version of the serialised form.
     """
 
@@ -102,6 +106,7 @@ class PruningConfig:
     blocks: tuple[BlockConfig, ...]
     criterion: str = "magnitude_l1"
     width_mode: str = "count"
+    token_mode: str = "attentive"
     schema_version: int = SCHEMA_VERSION
     _meta: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -111,11 +116,12 @@ class PruningConfig:
             raise ConfigError(f"`blocks` must be a non-empty list, but got {self.blocks!r}")
         blocks = tuple(b if isinstance(b, BlockConfig) else _block_from_obj(b, i) for i, b in enumerate(self.blocks))
         object.__setattr__(self, "blocks", blocks)
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in READABLE_SCHEMAS:
             raise ConfigError(
-                f"`schema_version == {SCHEMA_VERSION}` must hold (this prunetune reads version "
-                f"{SCHEMA_VERSION}), but got schema_version={self.schema_version!r}"
+                f"`schema_version in {READABLE_SCHEMAS}` must hold (the versions this prunetune "
+                f"reads), but got schema_version={self.schema_version!r}"
             )
+        object.__setattr__(self, "schema_version", SCHEMA_VERSION)
         if self.width_mode not in WIDTH_MODES:
             raise ConfigError(f"`width_mode` must be one of {WIDTH_MODES}, but got {self.width_mode!r}")
         from .pruners._saliency import list_saliencies
@@ -131,6 +137,12 @@ class PruningConfig:
                 raise ConfigError(f"width_mode='threshold' takes thresholds, but block {i} has heads/mlp counts")
         if not any(b.keep for b in blocks):
             raise ConfigError("at least one block must be kept, but every block has keep=false")
+        for i, b in enumerate(blocks):
+            if not b.keep and b.token_keep < 1.0:
+                raise ConfigError(f"block {i} is dropped (keep=false) but sets token_keep={b.token_keep}; remove one")
+        from .pruners._tokens import check_token_config
+
+        check_token_config(self)
 
     # --- construction helpers -------------------------------------------------------------
     @classmethod
@@ -208,6 +220,10 @@ class PruningConfig:
             for b in self.blocks
         )
 
+    @property
+    def has_tokens(self) -> bool:
+        return any(b.keep and b.token_keep < 1.0 for b in self.blocks)
+
     def resolve(self, scores: SaliencyScores) -> PruningConfig:
         """Turns a threshold config into counts using ``scores``; count configs return self."""
         if self.width_mode == "count":
@@ -222,7 +238,7 @@ class PruningConfig:
             blocks.append(BlockConfig(keep=b.keep, heads=heads, mlp=mlp, sparsity=b.sparsity,
                                       token_keep=b.token_keep))
         meta = {**self._meta, "resolved_from": self.to_dict()}
-        return PruningConfig(self.model, tuple(blocks), self.criterion, "count", _meta=meta)
+        return PruningConfig(self.model, tuple(blocks), self.criterion, "count", self.token_mode, _meta=meta)
 
     # --- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -233,6 +249,7 @@ class PruningConfig:
             "model": self.model.to_dict(),
             "criterion": self.criterion,
             "width_mode": self.width_mode,
+            "token_mode": self.token_mode,
             "blocks": blocks,
         }
 
@@ -246,7 +263,7 @@ class PruningConfig:
         for key in ("model", "blocks"):
             if key not in d:
                 raise ConfigError(f"config is missing the required key {key!r}")
-        kw = {k: d[k] for k in ("criterion", "width_mode", "schema_version") if k in d}
+        kw = {k: d[k] for k in ("criterion", "width_mode", "token_mode", "schema_version") if k in d}
         try:
             return cls(model=ModelSpec.from_obj(d["model"]), blocks=tuple(d["blocks"]) if isinstance(d["blocks"], list) else d["blocks"], **kw)
         except PrunetuneError:

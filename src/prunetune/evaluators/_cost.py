@@ -59,6 +59,11 @@ def _block_params(arch: ViTArch, h: int, m: int) -> int:
     return arch.params_block_fixed + h * arch.params_per_head + m * arch.params_per_neuron
 
 
+def _predictor_params(dim: int) -> int:
+    h, q = dim // 2, dim // 4
+    return 2 * dim + (dim * dim + dim) + (dim * h + h) + (h * q + q) + (q * 2 + 2)
+
+
 def _block_linear_numels(arch: ViTArch, h: int, m: int) -> list[int]:
     D, a = arch.embed_dim, h * arch.head_dim
     numels = [D * 3 * a, a * D, D * m, m * D]
@@ -72,12 +77,13 @@ def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
 
     Threshold-mode configs need saliency scores to know their widths: resolve them first.
     """
+    from ..pruners._tokens import token_schedule
     from ..pruners._unstructured import num_zeroed
 
     arch = arch or ViTArch.from_spec(config.model)
     config.check_fits(arch)
     heads, mlps = config.kept_heads(arch), config.kept_mlp(arch)
-    n = arch.num_tokens
+    tokens, token_macs = token_schedule(config, arch, heads)
     macs = arch.num_patches * arch.embed_dim * arch.in_chans * arch.patch_area
     macs += arch.num_heads_out * arch.embed_dim * arch.num_classes
     params = arch.params_outside_blocks
@@ -85,10 +91,13 @@ def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
     blocks = []
     for i, bc in enumerate(config.blocks):
         if not bc.keep:
-            blocks.append(BlockCost(i, False, n, 0, 0, 0, 0))
+            blocks.append(BlockCost(i, False, 0, 0, 0, 0, 0))
             continue
-        bm = _block_macs(arch, n, heads[i], mlps[i])
+        n = tokens[i]
+        bm = _block_macs(arch, n, heads[i], mlps[i]) + token_macs[i]
         bp = _block_params(arch, heads[i], mlps[i])
+        if bc.token_keep < 1.0 and config.token_mode == "learned":
+            bp += _predictor_params(arch.embed_dim)
         if bc.sparsity > 0:
             zeros += sum(num_zeroed(k, bc.sparsity) for k in _block_linear_numels(arch, heads[i], mlps[i]))
         blocks.append(BlockCost(i, True, n, heads[i], mlps[i], bm, bp))

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..data import make_loader
+from ..pruners._tokens import token_aux_loss
 
 __all__ = ["finetune", "distillation_loss"]
 
@@ -42,7 +43,8 @@ def finetune(
     """Fine-tunes ``student`` in place (AdamW, cosine schedule) with KD from ``teacher``.
 
     ``epochs`` may be fractional (a number of steps). Sparsity masks stay applied (they are
-    ``torch.nn.utils.prune`` re-parametrisations). Raises FloatingPointError on a non-finite loss.
+    ``torch.nn.utils.prune`` re-parametrisations); learned token-keep predictors train end to
+    end with their ratio loss added. Raises FloatingPointError on a non-finite loss.
     """
     dev = next(student.parameters()).device
     loader = make_loader(train, batch_size, shuffle=True, seed=seed)
@@ -65,6 +67,9 @@ def finetune(
                     loss = distillation_loss(out, t, y, alpha, temperature)
                 else:
                     loss = F.cross_entropy(out, y)
+                aux = token_aux_loss(student)  # DynamicViT keep-ratio loss, when the model has one
+                if aux is not None:
+                    loss = loss + aux
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"fine-tuning loss became {loss.item()} at step {done}")
                 opt.zero_grad(set_to_none=True)

@@ -6,7 +6,7 @@ configuration needs, in order (heads, MLP, unstructured, depth).
 
 from __future__ import annotations
 
-from . import _depth, _heads, _mlp, _unstructured  # noqa: F401  (register the pruners)
+from . import _depth, _heads, _mlp, _tokens, _unstructured  # noqa: F401  (register the pruners)
 from ._apply import prune, rebuild_structure
 from ._registry import Pruner, get_pruner, list_pruners, register_pruner
 from ._saliency import (
