@@ -234,6 +234,14 @@ def _reduce_attentive(block: TokenBlock, ctx: _Context, x: torch.Tensor) -> torc
     return torch.cat(out, dim=1)
 
 
+def _bipartite_merge(t: torch.Tensor, w: torch.Tensor, match) -> torch.Tensor:
+    """Sums ``t·w`` of each merged A token into its B token; keeps unmerged A, then all B."""
+    src_idx, dst_idx, unm_idx = match
+    ta, tb = (t * w)[:, ::2], (t * w)[:, 1::2]
+    tb = tb.scatter_add(1, dst_idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]), _gather(ta, src_idx))
+    return torch.cat([_gather(ta, unm_idx), tb], dim=1)
+
+
 def _reduce_merge(block: TokenBlock, ctx: _Context, x: torch.Tensor) -> torch.Tensor:
     pre = ctx.prefix
     b, n, c = x.shape
@@ -241,24 +249,17 @@ def _reduce_merge(block: TokenBlock, ctx: _Context, x: torch.Tensor) -> torch.Te
     metric = ctx.k.mean(1)[:, pre:]  # (B, P, d): keys averaged over heads
     xs, ss = x[:, pre:], sizes[:, pre:]
     r = xs.shape[1] - kept_tokens(xs.shape[1], block.token_keep)
-    for a_n, b_n in _merge_rounds(xs.shape[1], r):
+    for _, b_n in _merge_rounds(xs.shape[1], r):
         step = min(r, b_n)
         m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        ma, mb = m[:, ::2], m[:, 1::2]
-        scores = ma @ mb.transpose(-1, -2)  # (B, |A|, |B|) cosine similarity
+        scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, |A|, |B|) cosine similarity
         best, dst = scores.max(dim=-1)
         order = best.argsort(dim=-1, descending=True, stable=True)
         src_idx, unm_idx = order[:, :step], order[:, step:]
-        dst_idx = dst.gather(1, src_idx)
-
-        def merge(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-            ta, tb = (t * w)[:, ::2], (t * w)[:, 1::2]
-            tb = tb.scatter_add(1, dst_idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]), _gather(ta, src_idx))
-            return torch.cat([_gather(ta, unm_idx), tb], dim=1)
-
-        new_s = merge(ss, torch.ones_like(ss))
-        xs = merge(xs, ss) / new_s  # size-weighted averages
-        metric = merge(metric, ss) / new_s
+        match = (src_idx, dst.gather(1, src_idx), unm_idx)
+        new_s = _bipartite_merge(ss, torch.ones_like(ss), match)
+        xs = _bipartite_merge(xs, ss, match) / new_s  # size-weighted averages
+        metric = _bipartite_merge(metric, ss, match) / new_s
         ss, r = new_s, r - step
     ctx.sizes = torch.cat([sizes[:, :pre], ss], dim=1)
     return torch.cat([x[:, :pre], xs], dim=1)
