@@ -225,3 +225,14 @@ def test_token_config_rules():
     v1 = {"schema_version": 1, "model": "digits_vit", "blocks": [{}] * 6}
     cfg = PruningConfig.from_dict(v1)
     assert cfg.token_mode == "attentive" and cfg.to_dict()["schema_version"] == 2
+
+
+def test_timm_version_in_tested_range():
+    import timm
+    from packaging.version import Version
+
+    from prunetune.pruners._tokens import check_timm_support
+
+    v = Version(timm.__version__)
+    assert Version("1.0.15") <= v < Version("1.1")  # the range pinned in pyproject.toml
+    check_timm_support()  # the hooks our token blocks rely on exist in this timm

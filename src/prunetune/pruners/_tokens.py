@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedModelError
 from ._registry import register_pruner
 
 __all__ = [
@@ -119,6 +119,21 @@ def check_token_config(config) -> None:
             f"token_mode={config.token_mode!r} reduces tokens using the previous block's attention, "
             f"so the first kept block ({first}) must have token_keep=1, but got "
             f"token_keep={config.blocks[first].token_keep}"
+        )
+
+
+def check_timm_support() -> None:
+    """The token blocks rely on ``Block.forward(x, attn_mask=...)`` and ``Attention.attn_dim``."""
+    import inspect
+
+    from timm.layers.attention import Attention
+
+    if "attn_mask" not in inspect.signature(Block.forward).parameters or "attn_dim" not in inspect.getsource(Attention.__init__):
+        import timm
+
+        raise UnsupportedModelError(
+            f"timm {timm.__version__} lacks Block.forward(attn_mask=...) / Attention.attn_dim; "
+            "install the tested range: pip install 'timm>=1.0.15,<1.1'"
         )
 
 
@@ -305,6 +320,7 @@ class _TokenPruner:
         return config.token_mode == self.mode and any(b.token_keep < 1.0 for b in config.blocks if b.keep)
 
     def apply(self, model, config, scores) -> None:
+        check_timm_support()
         ctx = _Context(self.mode, model.num_prefix_tokens)
         model._token_ctx = ctx
         model.patch_embed.register_forward_pre_hook(_Reset(ctx))
