@@ -152,6 +152,94 @@ def cmd_saliency(args) -> int:
     return 0
 
 
+def _study_args(p: argparse.ArgumentParser) -> None:
+    from .search import DEFAULT_STORAGE, DEFAULT_STUDY
+
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL of the study storage (default {DEFAULT_STORAGE})")
+    p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
+
+
+def cmd_search(args) -> int:
+    from .search import search
+    from .search._budget import parse_budget
+
+    parse_budget(args.budget)
+    if args.n_trials < 1:
+        raise PrunetuneError(f"--n-trials must be >= 1, got {args.n_trials}")
+    if args.workers < 1:
+        raise PrunetuneError(f"--workers must be >= 1, got {args.workers}")
+    if not 0 < args.tier_b_fraction <= 1:
+        raise PrunetuneError(f"--tier-b-fraction must be in (0, 1], got {args.tier_b_fraction}")
+    res = search(
+        args.budget, progress=not args.quiet, backend=args.backend, workers=args.workers, address=args.address,
+        model=args.model, checkpoint=args.checkpoint, data=args.data, download=args.download,
+        data_root=args.data_root, space=args.space, n_trials=args.n_trials, sampler=args.sampler, seed=args.seed,
+        storage=args.storage, study=args.study, device=args.device, calib_samples=args.calib_samples,
+        batch_size=args.batch_size, tier_b_fraction=args.tier_b_fraction, tier_b_steps=args.tier_b_steps,
+        lr=args.lr, final_epochs=args.final_epochs, front_max=args.front_max, run_final=not args.no_final,
+        artifacts=args.artifacts, latency_batch=args.latency_batch,
+    )
+    study = res.study
+    dense = study.user_attrs["dense"]
+    states = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    print(f"study {study.study_name} in {args.storage}: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())))
+    print(f"budget {res.budget.describe()}; dense {dense['macs'] / 1e6:.3f} MMACs, val acc {100 * dense['val_accuracy']:.2f} %")
+    rows = []
+    for t in res.front:
+        f = res.finals.get(t.number) or study.user_attrs.get(f"final_{t.number}") or {}
+        rows.append([t.number, _m(t.user_attrs["macs"]), f"{t.user_attrs['macs'] / dense['macs']:.3f}",
+                     f"{100 * t.user_attrs['tier_a_accuracy']:.2f}", f"{100 * t.values[0]:.2f}",
+                     f"{100 * f['val_accuracy']:.2f}" if f else "-",
+                     f"{100 * f['test_accuracy']:.2f}" if f.get("test_accuracy") is not None else "-"])
+    print(_table(rows, ["trial", "MMACs", "x dense", "tier a acc %", "tier b acc %", "final val %", "final test %"]))
+    if res.best_trial is not None:
+        print(f"best under budget: trial {res.best_trial.number}; export it with "
+              f"`prunetune export --storage {args.storage} --study {args.study} --out DIR`")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .search import load_study
+    from .search._export import export
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise PrunetuneError(f"output folder {out} is not empty; pass --overwrite or choose another --out")
+    infos = export(load_study(args.storage, args.study), out, whole_front=args.front)
+    best = infos[0]
+    acc = (f"final val accuracy {100 * best['final']['val_accuracy']:.2f} %" if best["final"]
+           else f"tier b accuracy {100 * best['tier_b_accuracy']:.2f} % (no Pareto-stage result)")
+    print(f"exported trial {best['trial']}: {best['macs'] / 1e6:.3f} MMACs ({best['flops'] / 1e6:.3f} MFLOPs), {acc}")
+    print(f"wrote {out}/config.json, {out}/model.safetensors, {out}/export.json"
+          + (f" and {len(infos) - 1} front members under {out}/front/" if args.front else ""))
+    if best.get("reproduce"):
+        print(f"reproduce: {best['reproduce']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .search import load_study
+    from .search._report import write_report
+
+    out = write_report(load_study(args.storage, args.study), args.out)
+    print(f"wrote {out}/pareto.png, {out}/pareto.html and {out}/report.md")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from optuna_dashboard import run_server
+
+    from .search import load_study
+    from .search._study import make_storage
+
+    load_study(args.storage, args.study)  # fail early with a clear message
+    print(f"optuna-dashboard for study {args.study} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    run_server(make_storage(args.storage, heartbeat=False), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_train_default(args) -> int:
     from .default.train import main as train_main
 
@@ -193,6 +281,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_saliency)
+
+    s = sub.add_parser("search", help="budgeted multi-objective search for a pruning configuration")
+    s.add_argument("--budget", required=True, help="flops=50%%, flops=0.2G, macs=100M, params=3M or latency=4ms")
+    _add_model_args(s)
+    _study_args(s)
+    s.add_argument("--space", default="hybrid", help="preset (structured, tokens, hybrid) or a YAML file")
+    s.add_argument("--n-trials", type=int, default=24, help="completed + pruned trials in the study (default 24)")
+    s.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
+    s.add_argument("--workers", type=int, default=1, help="concurrent trials with --backend ray")
+    s.add_argument("--address", help="address of an existing Ray cluster (--backend ray)")
+    s.add_argument("--calib-samples", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--tier-b-fraction", type=float, default=0.5, help="fraction of tier-a scores that go on to tier b")
+    s.add_argument("--tier-b-steps", type=int, default=100, help="distillation steps of the tier-b proxy")
+    s.add_argument("--lr", type=float, default=5e-4)
+    s.add_argument("--final-epochs", type=float, default=8.0, help="fine-tuning epochs of the Pareto stage")
+    s.add_argument("--front-max", type=int, default=4, help="front members fine-tuned in the Pareto stage")
+    s.add_argument("--no-final", action="store_true", help="skip the Pareto stage (extra workers on a shared study)")
+    s.add_argument("--artifacts", help="where Pareto-stage weights go (default: beside the SQLite file)")
+    s.add_argument("--latency-batch", type=int, default=64, help="batch size of latency budgets")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("export", help="write the best under-budget config and pruned weights")
+    _study_args(s)
+    s.add_argument("--out", required=True)
+    s.add_argument("--front", action="store_true", help="also export every Pareto-front member")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("report", help="Pareto plot (PNG, HTML) and Markdown table of a study")
+    _study_args(s)
+    s.add_argument("--out", default="prunetune-report")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("dashboard", help="optuna-dashboard on a study")
+    _study_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default localhost only)")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("train-default", help="retrain the embedded digits_vit default")
     s.add_argument("--epochs", type=int, default=120)

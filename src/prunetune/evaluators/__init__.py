@@ -6,13 +6,19 @@ from ._accuracy import AccuracyResult, evaluate_accuracy
 from ._cost import BlockCost, Cost, count_params, estimate_cost, format_macs, measure_macs
 from ._finetune import distillation_loss, finetune
 from ._latency import LatencyResult, measure_latency
+from ._proxies import ShortKDProxy, ZeroShotProxy, get_proxy, list_proxies, register_proxy
 
 __all__ = [
     "AccuracyResult",
     "BlockCost",
     "Cost",
     "LatencyResult",
+    "ShortKDProxy",
+    "ZeroShotProxy",
     "count_params",
+    "get_proxy",
+    "list_proxies",
+    "register_proxy",
     "distillation_loss",
     "finetune",
     "estimate_cost",

@@ -1,0 +1,110 @@
+"""Presets (structured, tokens, hybrid) and user YAML files that define a SearchSpace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import _read_mapping
+from ..errors import ConfigError
+from ..models import ModelSpec, ViTArch
+from ..pruners._tokens import TOKEN_MODES
+from ._space import Dim, SearchSpace
+
+__all__ = ["PRESETS", "DEFAULT_CRITERIA", "build_space", "load_space"]
+
+PRESETS = ("structured", "tokens", "hybrid")
+#: Criteria searched by default: data-driven ones that are cheap to compute once per search.
+DEFAULT_CRITERIA = ("magnitude_l1", "magnitude_l2", "taylor", "fisher", "activation")
+#: Token modes searched by default (``learned`` needs fine-tuning before it means anything).
+DEFAULT_TOKEN_MODES = ("attentive", "attentive_fuse", "merge")
+
+_KEYS = {"preset", "criteria", "width_mode", "heads", "mlp_ratio", "threshold", "drop_blocks",
+         "token_blocks", "token_keep", "token_modes"}
+
+
+def default_token_blocks(depth: int) -> list[int]:
+    """Blocks where the token presets may reduce tokens: about 1/4, 1/2 and 3/4 of the depth."""
+    return sorted({max(1, round(depth * f)) for f in (0.25, 0.5, 0.75)} - {depth})
+
+
+def _range(d: dict | None, default: tuple, name: str) -> tuple:
+    if d is None:
+        return default
+    if not isinstance(d, dict) or not set(d) <= {"low", "high", "step"}:
+        raise ConfigError(f"search space `{name}` must be a mapping of low/high/step, got {d!r}")
+    return (d.get("low", default[0]), d.get("high", default[1]), d.get("step", default[2]))
+
+
+def build_space(model: ModelSpec | str, preset: str = "hybrid", overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """A SearchSpace for ``model`` from a preset, optionally changed by ``overrides`` (YAML keys)."""
+    o = dict(overrides or {})
+    unknown = set(o) - _KEYS
+    if unknown:
+        raise ConfigError(f"unknown search-space keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    preset = o.pop("preset", preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    spec = ModelSpec.from_obj(model)
+    a = ViTArch.from_spec(spec)
+    from ..pruners._saliency import list_saliencies
+
+    criteria = tuple(o.get("criteria", DEFAULT_CRITERIA))
+    bad = [c for c in criteria if c not in list_saliencies()]
+    if bad or not criteria:
+        raise ConfigError(f"unknown criteria {bad} in the search space; choose from {', '.join(list_saliencies())}")
+    width_mode = o.get("width_mode", "count")
+    if width_mode not in ("count", "threshold"):
+        raise ConfigError(f"width_mode must be count or threshold, got {width_mode!r}")
+    dims = [Dim("criterion", "categorical", choices=criteria)]
+    structured = preset in ("structured", "hybrid")
+    tokens = preset in ("tokens", "hybrid")
+    if structured:
+        h_lo, h_hi, h_step = _range(o.get("heads"), (1, a.num_heads, 1), "heads")
+        m_lo, m_hi, m_step = _range(o.get("mlp_ratio"), (0.1, 1.0, 0.05), "mlp_ratio")
+        t_lo, t_hi, t_step = _range(o.get("threshold"), (0.0, 0.9, 0.05), "threshold")
+        if not 1 <= h_lo <= h_hi <= a.num_heads:
+            raise ConfigError(f"`1 <= heads.low <= heads.high <= {a.num_heads}` must hold, but got ({h_lo}, {h_hi})")
+        if not 0 < m_lo <= m_hi <= 1:
+            raise ConfigError(f"`0 < mlp_ratio.low <= mlp_ratio.high <= 1` must hold, but got ({m_lo}, {m_hi})")
+        drop_blocks = o.get("drop_blocks", list(range(max(1, a.depth // 2), a.depth)))
+        for i in range(a.depth):
+            if width_mode == "count":
+                dims.append(Dim(f"heads_{i}", "int", h_lo, h_hi, h_step))
+                dims.append(Dim(f"mlp_{i}", "float", m_lo, m_hi, m_step))
+            else:
+                dims.append(Dim(f"head_thr_{i}", "float", t_lo, t_hi, t_step))
+                dims.append(Dim(f"mlp_thr_{i}", "float", t_lo, t_hi, t_step))
+        for i in drop_blocks:
+            if not 0 <= i < a.depth:
+                raise ConfigError(f"drop_blocks has block {i}, but the model has blocks 0..{a.depth - 1}")
+            dims.append(Dim(f"drop_{i}", "categorical", choices=(False, True)))
+    if tokens:
+        k_lo, k_hi, k_step = _range(o.get("token_keep"), (0.3, 1.0, 0.05), "token_keep")
+        if not 0 < k_lo <= k_hi <= 1:
+            raise ConfigError(f"`0 < token_keep.low <= token_keep.high <= 1` must hold, but got ({k_lo}, {k_hi})")
+        modes = tuple(o.get("token_modes", DEFAULT_TOKEN_MODES))
+        if not modes or any(m not in TOKEN_MODES for m in modes):
+            raise ConfigError(f"token_modes must be a subset of {TOKEN_MODES}, got {modes}")
+        token_blocks = o.get("token_blocks", default_token_blocks(a.depth))
+        for i in token_blocks:
+            if not 1 <= i < a.depth:
+                raise ConfigError(f"token_blocks has block {i}; token reduction can start at blocks 1..{a.depth - 1}")
+            dims.append(Dim(f"token_keep_{i}", "float", k_lo, k_hi, k_step))
+        dims.append(Dim("token_mode", "categorical", choices=modes))
+    return SearchSpace(spec, a, tuple(dims), width_mode=width_mode, preset=preset)
+
+
+def load_space(model: ModelSpec | str, preset_or_file: str | None) -> SearchSpace:
+    """``--space``: a preset name or a YAML/JSON file of overrides (which may name a preset)."""
+    if preset_or_file is None:
+        return build_space(model, "hybrid")
+    if preset_or_file in PRESETS:
+        return build_space(model, preset_or_file)
+    path = Path(preset_or_file)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        data = _read_mapping(path, what="search-space")
+        if not isinstance(data, dict):
+            raise ConfigError(f"search-space file {path} must hold a mapping")
+        return build_space(model, data.get("preset", "hybrid"), data)
+    raise ConfigError(f"unknown preset {preset_or_file!r}; choose one of {', '.join(PRESETS)} or pass a YAML file")
