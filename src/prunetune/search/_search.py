@@ -138,31 +138,41 @@ class Evaluator:
             raise InfeasibleConfigError(str(e)) from None
         return repair(config, self.arch, self.budget, self.latency_model)
 
-    def objective(self, trial: optuna.Trial) -> tuple[float, float]:
-        params = self.space.suggest(trial)
+    def evaluate(self, params: dict, study: optuna.Study) -> tuple[dict, tuple[float, float] | None]:
+        """Scores one sample: ``(user_attrs, (accuracy, cost))``, or values None when stopped early.
+
+        A candidate is stopped early (a pruned trial) when it cannot be made to fit the budget
+        or its tier-a score is below the kept fraction of the study's earlier tier-a scores.
+        """
+        attrs: dict[str, Any] = {}
         try:
             config, repaired = self.candidate(params)
         except InfeasibleConfigError as e:
-            trial.set_user_attr("infeasible", str(e))
-            raise optuna.TrialPruned(str(e)) from None
+            attrs["infeasible"] = str(e)
+            return attrs, None
         cost = estimate_cost(config, self.arch)
         value = cost_of(config, self.arch, self.budget.metric, self.latency_model)
-        for k, v in {"config": config.to_dict(), "macs": cost.macs, "flops": 2 * cost.macs, "params": cost.params,
-                     "repaired": repaired, "constraint": [value - self.budget.limit],
-                     "budget_metric": self.budget.metric, "budget_value": value}.items():
-            trial.set_user_attr(k, v)
-        trial.set_constraint("budget", value - self.budget.limit)  # <= 0: feasible
+        attrs.update({"config": config.to_dict(), "macs": cost.macs, "flops": 2 * cost.macs, "params": cost.params,
+                      "repaired": repaired, "constraint": [value - self.budget.limit],
+                      "budget_metric": self.budget.metric, "budget_value": value})
         model = prune(self.base.model, config, scores=self.scores(config.criterion))
         a = self.tier_a.score(model)
-        trial.set_user_attr("tier_a_score", a)
-        trial.set_user_attr("tier_a_kl", self.tier_a.last["kl"])
-        trial.set_user_attr("tier_a_accuracy", self.tier_a.last["accuracy"])
-        if not self._passes_tier_a(trial.study, a):
-            trial.set_user_attr("tier_b", "skipped: tier a below the kept fraction")
-            raise optuna.TrialPruned("tier a score below the kept fraction")
+        attrs.update({"tier_a_score": a, "tier_a_kl": self.tier_a.last["kl"],
+                      "tier_a_accuracy": self.tier_a.last["accuracy"]})
+        if not self._passes_tier_a(study, a):
+            attrs["tier_b"] = "skipped: tier a below the kept fraction"
+            return attrs, None
         b = self.tier_b.score(model, self.val)
-        trial.set_user_attr("tier_b_accuracy", b)
-        return b, float(cost.macs if self.budget.metric != "latency" else value)
+        attrs["tier_b_accuracy"] = b
+        return attrs, (b, float(cost.macs if self.budget.metric != "latency" else value))
+
+    def objective(self, trial: optuna.Trial) -> tuple[float, float]:
+        """Optuna objective: suggest, evaluate, record; early-stopped candidates raise TrialPruned."""
+        attrs, values = self.evaluate(self.space.suggest(trial), trial.study)
+        record(trial, attrs)
+        if values is None:
+            raise optuna.TrialPruned(attrs.get("infeasible") or attrs.get("tier_b"))
+        return values
 
     def _passes_tier_a(self, study: optuna.Study, score: float) -> bool:
         prev = [t.user_attrs["tier_a_score"] for t in study.get_trials(deepcopy=False)
@@ -184,6 +194,14 @@ class Evaluator:
         from ._export import _reproduce
 
         return _reproduce(self.s, config_path)
+
+
+def record(trial, attrs: dict) -> None:
+    """Stores a candidate's attributes on its (running) Optuna trial, with the budget constraint."""
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    if "constraint" in attrs:
+        trial.set_constraint("budget", attrs["constraint"][0])  # <= 0: feasible
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
