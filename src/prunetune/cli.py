@@ -177,7 +177,7 @@ def cmd_search(args) -> int:
         storage=args.storage, study=args.study, device=args.device, calib_samples=args.calib_samples,
         batch_size=args.batch_size, tier_b_fraction=args.tier_b_fraction, tier_b_steps=args.tier_b_steps,
         lr=args.lr, final_epochs=args.final_epochs, front_max=args.front_max, run_final=not args.no_final,
-        artifacts=args.artifacts, latency_batch=args.latency_batch,
+        artifacts=args.artifacts, latency_batch=args.latency_batch, measure_latency=args.measure_latency,
     )
     study = res.study
     dense = study.user_attrs["dense"]
@@ -186,6 +186,10 @@ def cmd_search(args) -> int:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     print(f"study {study.study_name} in {args.storage}: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())))
     print(f"budget {res.budget.describe()}; dense {dense['macs'] / 1e6:.3f} MMACs, val acc {100 * dense['val_accuracy']:.2f} %")
+    lt = study.user_attrs.get("latency_table")
+    if lt:
+        print(f"latency table ({lt['device']}, batch {lt['batch_size']}, {lt['rows']} block timings): "
+              f"prediction error {lt['prediction_error_pct']:.1f} % on random configurations")
     rows = []
     for t in res.front:
         f = res.finals.get(t.number) or study.user_attrs.get(f"final_{t.number}") or {}
@@ -302,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--front-max", type=int, default=4, help="front members fine-tuned in the Pareto stage")
     s.add_argument("--no-final", action="store_true", help="skip the Pareto stage (extra workers on a shared study)")
     s.add_argument("--artifacts", help="where Pareto-stage weights go (default: beside the SQLite file)")
-    s.add_argument("--latency-batch", type=int, default=64, help="batch size of latency budgets")
+    s.add_argument("--latency-batch", type=int, default=64, help="batch size of latency budgets and measurements")
+    s.add_argument("--measure-latency", action="store_true", help="also measure each candidate's latency")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_search)
 

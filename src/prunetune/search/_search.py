@@ -55,6 +55,7 @@ class SearchSettings:
     run_final: bool = True
     artifacts: str | None = None
     latency_batch: int = 64
+    measure_latency: bool = False
     grace_period: int | None = None
 
     def identity(self) -> dict[str, Any]:
@@ -156,6 +157,12 @@ class Evaluator:
                       "repaired": repaired, "constraint": [value - self.budget.limit],
                       "budget_metric": self.budget.metric, "budget_value": value})
         model = prune(self.base.model, config, scores=self.scores(config.criterion))
+        if self.s.measure_latency:
+            from ..evaluators import measure_latency
+
+            attrs["latency_ms"] = measure_latency(model, self.base.input_shape, self.s.latency_batch).median_ms
+            if self.latency_model is not None:
+                attrs["latency_predicted_ms"] = value
         a = self.tier_a.score(model)
         attrs.update({"tier_a_score": a, "tier_a_kl": self.tier_a.last["kl"],
                       "tier_a_accuracy": self.tier_a.last["accuracy"]})
@@ -349,6 +356,10 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
     study.set_user_attr("dense", {"macs": ev.dense_cost.macs, "params": ev.dense_cost.params,
                                   "val_accuracy": ev.dense_accuracy, "budget_value": ev.dense_value})
     study.set_user_attr("budget", {"metric": ev.budget.metric, "limit": ev.budget.limit, "text": ev.budget.text})
+    if ev.latency_model is not None:
+        study.set_user_attr("latency_table", {"device": ev.latency_model.device, "batch_size": ev.latency_model.batch_size,
+                                              "prediction_error_pct": ev.latency_model.error_pct,
+                                              "rows": len(ev.latency_model.rows)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy", "latency_ms" if ev.budget.metric == "latency" else "macs"])
