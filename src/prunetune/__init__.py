@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import search  # callable: prunetune.search(budget=...) runs a search
 from ._pruned import load_pruned, save_pruned
 from ._session import resolve_device
 from .config import BlockConfig, PruningConfig
@@ -24,6 +25,7 @@ from .pruners import (
     register_pruner,
     register_saliency,
 )
+from .search import SearchResult, SearchSettings
 
 __version__ = "0.1.0"
 
@@ -53,4 +55,7 @@ __all__ = [
     "register_saliency",
     "resolve_device",
     "save_pruned",
+    "search",
+    "SearchResult",
+    "SearchSettings",
 ]

@@ -30,3 +30,13 @@ __all__ = [
     "run_pareto_stage",
     "search",
 ]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """Lets ``prunetune.search(...)`` run a search while ``prunetune.search.X`` stays a module."""
+
+    def __call__(self, *args, **kwargs) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
