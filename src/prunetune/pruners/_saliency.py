@@ -103,22 +103,24 @@ def compute_scores(model: nn.Module, criterion: str | Saliency, batches: Iterabl
 
 
 def _block_params(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if n.startswith("blocks.")}
+    """The prunable block parameters (token-keep predictors are not scored)."""
+    return {n: p for n, p in model.named_parameters() if n.startswith("blocks.") and ".keep_predictor." not in n}
 
 
 def group_scores(model: nn.Module, elements: dict[str, torch.Tensor], criterion: str,
                  finalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SaliencyScores:
     """Sums element scores per head, MLP neuron and block (then applies ``finalize``)."""
     fin = finalize or (lambda t: t)
+    dev = next(iter(elements.values())).device if elements else torch.device("cpu")
     heads, mlp, blocks = [], [], []
     for i, blk in enumerate(model.blocks):
         attn, m = blk.attn, blk.mlp
-        H, d, A = attn.num_heads, attn.head_dim, attn.attn_dim
+        H, d = attn.num_heads, attn.head_dim
 
-        def e(mod_path: str, pname: str):
+        def e(mod_path: str, pname: str, i: int = i):
             return elements.get(f"blocks.{i}.{mod_path}.{pname}")
 
-        h = torch.zeros(H, dtype=torch.float64)
+        h = torch.zeros(H, dtype=torch.float64, device=dev)
         for pname in ("weight", "bias"):
             t = e("attn.qkv", pname)
             if t is not None:  # rows: [q heads | k heads | v heads]
@@ -133,7 +135,7 @@ def group_scores(model: nn.Module, elements: dict[str, torch.Tensor], criterion:
         if t is not None:
             h += t.double().reshape(-1, H, d).sum(dim=(0, 2))
         M = m.fc1.out_features
-        n = torch.zeros(M, dtype=torch.float64)
+        n = torch.zeros(M, dtype=torch.float64, device=dev)
         t = e("mlp.fc1", "weight")
         if t is not None:
             n += t.double().sum(1)
@@ -151,7 +153,7 @@ def group_scores(model: nn.Module, elements: dict[str, torch.Tensor], criterion:
         b = sum(v.double().sum() for k, v in elements.items() if k.startswith(f"blocks.{i}."))
         heads.append(fin(h).float())
         mlp.append(fin(n).float())
-        blocks.append(fin(torch.as_tensor(b, dtype=torch.float64)).float())
+        blocks.append(fin(torch.as_tensor(b, dtype=torch.float64, device=dev)).float())
     return SaliencyScores(criterion, heads, mlp, torch.stack(blocks), elements)
 
 
@@ -174,6 +176,24 @@ def _eval_unfused(model: nn.Module):
         model.train(was_training)
 
 
+@contextmanager
+def _grads_on(params: Iterable[nn.Parameter]):
+    """Grad mode on and ``requires_grad`` set on ``params`` (restored on exit).
+
+    Scores must not depend on the caller's ``torch.no_grad()`` or on frozen parameters.
+    """
+    params = list(params)
+    flags = [p.requires_grad for p in params]
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -188,12 +208,13 @@ def _mean_grad(model: nn.Module, batches: list) -> dict[str, torch.Tensor]:
     dev = _device(model)
     acc = {n: torch.zeros_like(p) for n, p in params.items()}
     n_total = sum(len(y) for _, y in batches)
-    for x, y in batches:
-        loss = F.cross_entropy(model(x.to(dev)), y.to(dev), reduction="sum") / n_total
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for (n, _), g in zip(params.items(), grads):
-            if g is not None:
-                acc[n] += g
+    with _grads_on(params.values()):
+        for x, y in batches:
+            loss = F.cross_entropy(model(x.to(dev)), y.to(dev), reduction="sum") / n_total
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for (n, _), g in zip(params.items(), grads):
+                if g is not None:
+                    acc[n] += g
     return acc
 
 
@@ -204,13 +225,16 @@ def hutchinson_hessian_diag(model: nn.Module, batches: list, num_probes: int = 3
     ``diag(H) ≈ mean_k z_k ⊙ (H z_k)`` with Rademacher ``z_k``; ``H z`` by a Hessian-vector
     product (double backward). Unbiased; error shrinks as ``1/sqrt(num_probes)``.
     """
+    _need_batches(batches, "hessian")
+    if num_probes < 1:
+        raise ConfigError(f"`num_probes >= 1` must hold, but got num_probes={num_probes}")
     params = _block_params(model)
     names, plist = list(params), list(params.values())
     dev = _device(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     est = [torch.zeros_like(p) for p in plist]
     n_total = sum(len(y) for _, y in batches)
-    with _eval_unfused(model):
+    with _eval_unfused(model), _grads_on(plist):
         for x, y in batches:
             loss = F.cross_entropy(model(x.to(dev)), y.to(dev), reduction="sum") / n_total
             grads = torch.autograd.grad(loss, plist, create_graph=True)
@@ -227,6 +251,9 @@ def empirical_fisher_diag(model: nn.Module, batches: list, chunk: int = 64) -> d
 
     Per-sample gradients come from ``torch.func.vmap(grad(...))`` over chunks of samples.
     """
+    _need_batches(batches, "fisher")
+    if chunk < 1:
+        raise ConfigError(f"`chunk >= 1` must hold, but got chunk={chunk}")
     from torch.func import functional_call, grad, vmap
 
     params = {n: p.detach() for n, p in _block_params(model).items()}
@@ -346,9 +373,16 @@ class ActivationMagnitude:
                 counts[name] = counts.get(name, 0) + x.shape[0]
             return hook
 
+        block_in: dict[int, torch.Tensor] = {}
+
+        def norm1_hook(i):
+            def hook(mod, inp):  # the block's input after any token reduction
+                block_in[i] = inp[0].detach()
+            return hook
+
         def blk_hook(i):
             def hook(mod, inp, out):
-                x = inp[0].detach()
+                x = block_in.pop(i)
                 rel = (out.detach() - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)
                 block_rel[i] += rel.double().sum().item()
                 counts[f"block{i}"] = counts.get(f"block{i}", 0) + rel.numel()
@@ -358,6 +392,7 @@ class ActivationMagnitude:
             if n.startswith("blocks.") and isinstance(mod, nn.Linear):
                 hooks.append(mod.register_forward_hook(lin_hook(n)))
         for i, blk in enumerate(model.blocks):
+            hooks.append(blk.norm1.register_forward_pre_hook(norm1_hook(i)))
             hooks.append(blk.register_forward_hook(blk_hook(i)))
         was = model.training
         model.eval()
