@@ -8,13 +8,13 @@ tier b is a short recovery fine-tune with distillation, then held-out accuracy.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._registry import registrar
 from ._accuracy import evaluate_accuracy
 from ._finetune import finetune
 
@@ -25,15 +25,7 @@ _REGISTRY: dict[str, type] = {}
 
 def register_proxy(name: str) -> Callable[[type], type]:
     """Class decorator registering a proxy evaluator under ``name`` (duplicates warn)."""
-
-    def deco(cls: type) -> type:
-        if name in _REGISTRY:
-            warnings.warn(f"proxy {name!r} registered twice; the later one wins", stacklevel=2)
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return registrar(_REGISTRY, "proxy", name)
 
 
 def list_proxies() -> list[str]:

@@ -9,7 +9,6 @@ sparsity. All criteria run the model in eval mode on calibration batches of ``(x
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._registry import registrar
 from ..errors import ConfigError
 
 __all__ = [
@@ -68,15 +68,7 @@ _REGISTRY: dict[str, type] = {}
 
 def register_saliency(name: str) -> Callable[[type], type]:
     """Class decorator registering a saliency criterion under ``name`` (duplicates warn)."""
-
-    def deco(cls: type) -> type:
-        if name in _REGISTRY:
-            warnings.warn(f"saliency {name!r} registered twice; the later one wins", stacklevel=2)
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return registrar(_REGISTRY, "saliency", name)
 
 
 def list_saliencies() -> list[str]:
