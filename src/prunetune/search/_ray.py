@@ -37,8 +37,10 @@ def _trainable(params: dict, evaluator=None, storage: str = "", study_name: str 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     attrs, values = evaluator.evaluate(params, load_study(storage, study_name))
     result = {"attrs": json.dumps(attrs, default=str)}
-    if values is not None:
-        result.update({"accuracy": values[0], "cost": values[1]})
+    if values is None:  # stopped early; Ray insists on the metrics, the searcher tells Optuna PRUNED
+        result.update({"accuracy": float("nan"), "cost": float("nan"), "pruned": 1})
+    else:
+        result.update({"accuracy": values[0], "cost": values[1], "pruned": 0})
     tune.report(result)
 
 
@@ -58,6 +60,12 @@ def run_ray(study: optuna.Study, ev, settings, workers: int = 1, address: str | 
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and result and "attrs" in result:
                 record(ot_trial, json.loads(result["attrs"]))
+            if (ot_trial is not None and result and result.get("pruned") and not error
+                    and trial_id not in self._completed_trials):
+                # OptunaSearch would tell [nan, nan] as COMPLETE values (and fail, leaving it RUNNING)
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
             super().on_trial_complete(trial_id, result, error)
 
     class _Bar(tune.Callback):

@@ -184,7 +184,7 @@ class Evaluator:
     def _passes_tier_a(self, study: optuna.Study, score: float) -> bool:
         prev = [t.user_attrs["tier_a_score"] for t in study.get_trials(deepcopy=False)
                 if "tier_a_score" in t.user_attrs and t.state.is_finished()]
-        if len(prev) < self.s.tier_a_warmup:
+        if not prev or len(prev) < self.s.tier_a_warmup:
             return True
         prev.sort()
         cut = prev[min(len(prev) - 1, int(math.floor((1 - self.s.tier_b_fraction) * len(prev))))]
@@ -309,9 +309,9 @@ class _Progress:
 
 
 def _check_resume(study: optuna.Study, settings: SearchSettings) -> None:
+    """Fails when ``study`` was started with other identity settings (a new study passes)."""
     old = study.user_attrs.get("settings")
     if old is None:
-        study.set_user_attr("settings", asdict(settings))
         return
     mine = settings.identity()
     theirs = {k: old.get(k) for k in mine}
@@ -349,10 +349,15 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
         raise PrunetuneError(f"unknown backend {backend!r}; choose optuna or ray")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler(settings.sampler, settings.seed, settings.n_trials)
+    space = load_space(resolve_model_spec(settings.model), settings.space)  # a bad --space fails before the study
     study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
     _check_resume(study, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ev = Evaluator(settings)
+    ev = Evaluator(settings, space=space)
+    # stored only once model, data, space and budget are known to work, so a failed start
+    # (an unreachable budget, a missing checkpoint) does not pin its settings on the study
+    if study.user_attrs.get("settings") is None:
+        study.set_user_attr("settings", asdict(settings))
     study.set_user_attr("dense", {"macs": ev.dense_cost.macs, "params": ev.dense_cost.params,
                                   "val_accuracy": ev.dense_accuracy, "budget_value": ev.dense_value})
     study.set_user_attr("budget", {"metric": ev.budget.metric, "limit": ev.budget.limit, "text": ev.budget.text})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import optuna
 
 from ..errors import PrunetuneError
@@ -48,17 +49,57 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
+class _SeededPerTrial:
+    """Sampler mixin: the random draws of trial ``n`` come from a generator seeded by ``(seed, n)``.
+
+    A seeded Optuna sampler draws from one stream per process, so workers that share a study
+    (with the same ``--seed``, as resuming requires) would propose the same candidates in the
+    same order. Trial numbers are unique across workers: seeding by them keeps the workers'
+    draws apart and a single-worker search exactly as reproducible as before.
+    """
+
+    _trial_seed: int | None = None
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self._trial_seed is not None:
+            states = np.random.SeedSequence([self._trial_seed, trial.number]).generate_state(2)
+            for obj, s in zip((self, getattr(self, "_random_sampler", None)), states):
+                rng = getattr(obj, "_rng", None)  # optuna's LazyRandomState
+                if rng is not None:
+                    rng.rng.seed(int(s))
+        super().before_trial(study, trial)
+
+
+class _NSGAIISampler(_SeededPerTrial, optuna.samplers.NSGAIISampler):
+    pass
+
+
+class _TPESampler(_SeededPerTrial, optuna.samplers.TPESampler):
+    pass
+
+
+class _RandomSampler(_SeededPerTrial, optuna.samplers.RandomSampler):
+    pass
+
+
 def make_sampler(name: str, seed: int | None, n_trials: int) -> optuna.samplers.BaseSampler:
-    """NSGA-II, TPE or random; the objective records the budget constraint with ``trial.set_constraint``."""
+    """NSGA-II, TPE or random; the objective records the budget constraint with ``trial.set_constraint``.
+
+    With a ``seed``, each trial's draws are seeded by ``(seed, trial number)`` (see
+    :class:`_SeededPerTrial`), so several workers on one study do not repeat each other.
+    """
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
-    if name == "tpe":
+        sampler = _NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
+    elif name == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(4, n_trials // 4))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise PrunetuneError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+            sampler = _TPESampler(seed=seed, multivariate=True, n_startup_trials=max(4, n_trials // 4))
+    elif name == "random":
+        sampler = _RandomSampler(seed=seed)
+    else:
+        raise PrunetuneError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    sampler._trial_seed = seed
+    return sampler
 
 
 def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler | None,

@@ -64,7 +64,11 @@ class Dim:
         return d.FloatDistribution(float(self.low), float(self.high), step=self.step)
 
     def to_ray(self):
-        """A Ray Tune domain with the same values (Ray's ``randint`` excludes its upper bound)."""
+        """A Ray Tune domain with the same values (Ray's ``randint`` excludes its upper bound).
+
+        Ray quantizes onto multiples of ``step`` counted from zero, Optuna onto ``low + k * step``;
+        a grid whose ``low`` is not a multiple of ``step`` becomes a ``choice`` of its values.
+        """
         from ray import tune
 
         if self.kind == "categorical":
@@ -73,10 +77,15 @@ class Dim:
             step = int(self.step or 1)
             if step == 1:
                 return tune.randint(int(self.low), int(self.high) + 1)
-            return tune.qrandint(int(self.low), int(self.high), step)  # qrandint's upper bound is inclusive
+            if int(self.low) % step == 0:
+                return tune.qrandint(int(self.low), int(self.high), step)  # qrandint's upper bound is inclusive
+            return tune.choice(self.values())
         if self.step is None:
             return tune.uniform(float(self.low), float(self.high))
-        return tune.quniform(float(self.low), float(self.high), float(self.step))
+        k = self.low / self.step
+        if math.isclose(k, round(k), rel_tol=0, abs_tol=1e-9):
+            return tune.quniform(float(self.low), float(self.high), float(self.step))
+        return tune.choice(self.values())
 
     def values(self) -> list:
         """Every value of a discrete dimension (for tests and small grids)."""
