@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 
 from torch import nn
 
-from ..config import PruningConfig
+from ..config import BlockConfig, PruningConfig
 from ..errors import ConfigError
 from ..models import ViTArch, check_supported
 from ._registry import get_pruner, list_pruners
@@ -46,7 +47,15 @@ def prune(
     _check(model, config)
     if scores is None and not config.is_identity:
         scores = get_saliency(config.criterion).scores(model, list(batches or []))
-    resolved = config.resolve(scores) if config.width_mode == "threshold" else config
+    if config.width_mode == "count":
+        resolved = config
+    elif scores is None:  # an identity threshold config: every threshold 0 keeps every unit
+        resolved = _resolve_identity(config)
+    else:
+        resolved = config.resolve(scores)
+    if scores is not None and scores.elements:
+        # structured pruners slice element scores as they slice weights: work on a copy
+        scores = dataclasses.replace(scores, elements=dict(scores.elements))
     out = model if inplace else copy.deepcopy(model)
     for name in list_pruners():
         pruner = get_pruner(name)
@@ -54,6 +63,12 @@ def prune(
             pruner.apply(out, resolved, scores)
     out.pruning_config = resolved
     return out
+
+
+def _resolve_identity(config: PruningConfig) -> PruningConfig:
+    blocks = tuple(BlockConfig(keep=b.keep, sparsity=b.sparsity, token_keep=b.token_keep) for b in config.blocks)
+    meta = {**config._meta, "resolved_from": config.to_dict()}
+    return PruningConfig(config.model, blocks, config.criterion, "count", token_mode=config.token_mode, _meta=meta)
 
 
 def rebuild_structure(model: nn.Module, config: PruningConfig) -> nn.Module:

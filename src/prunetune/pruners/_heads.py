@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import register_pruner
-from ._surgery import keep_index, slice_linear, slice_norm
+from ._surgery import keep_index, slice_element_scores, slice_linear, slice_norm
 
 
 def _channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -38,5 +38,11 @@ class HeadPruner:
             attn.norm = slice_norm(attn.norm, ch)
             if attn.gate is not None:
                 attn.gate = slice_linear(attn.gate, out_idx=ch)
+            p = f"blocks.{i}.attn"
+            for pname in ("weight", "bias"):
+                slice_element_scores(scores, f"{p}.qkv.{pname}", out_idx=qkv_rows)
+                slice_element_scores(scores, f"{p}.gate.{pname}", out_idx=ch)
+                slice_element_scores(scores, f"{p}.norm.{pname}", out_idx=ch)
+            slice_element_scores(scores, f"{p}.proj.weight", in_idx=ch)
             attn.num_heads = len(keep)
             attn.attn_dim = len(keep) * d

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._registry import register_pruner
-from ._surgery import keep_index, slice_linear, slice_norm
+from ._surgery import keep_index, slice_element_scores, slice_linear, slice_norm
 
 
 @register_pruner("mlp", order=20)
@@ -23,3 +23,8 @@ class MlpPruner:
             mlp.fc1 = slice_linear(mlp.fc1, out_idx=keep)
             mlp.norm = slice_norm(mlp.norm, keep)
             mlp.fc2 = slice_linear(mlp.fc2, in_idx=keep)
+            p = f"blocks.{i}.mlp"
+            for pname in ("weight", "bias"):
+                slice_element_scores(scores, f"{p}.fc1.{pname}", out_idx=keep)
+                slice_element_scores(scores, f"{p}.norm.{pname}", out_idx=keep)
+            slice_element_scores(scores, f"{p}.fc2.weight", in_idx=keep)

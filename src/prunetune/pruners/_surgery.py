@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ._saliency import SaliencyScores
 
 
 def keep_index(scores: torch.Tensor | None, n_total: int, n_keep: int) -> torch.Tensor:
@@ -15,8 +21,16 @@ def keep_index(scores: torch.Tensor | None, n_total: int, n_keep: int) -> torch.
         return torch.arange(n_keep)
     if scores.numel() != n_total:
         raise ValueError(f"got {scores.numel()} scores for {n_total} units")
+    check_finite(scores, "unit")
     order = torch.argsort(scores.detach().double().cpu(), descending=True, stable=True)
     return order[:n_keep].sort().values
+
+
+def check_finite(scores: torch.Tensor, what: str) -> None:
+    """Raises FloatingPointError on NaN/inf scores (a sort would rank them silently)."""
+    if not torch.isfinite(scores).all():
+        bad = int((~torch.isfinite(scores)).sum())
+        raise FloatingPointError(f"{bad} of {scores.numel()} {what} saliency scores are NaN or infinite")
 
 
 @torch.no_grad()
@@ -40,15 +54,39 @@ def slice_linear(lin: nn.Linear, out_idx: torch.Tensor | None = None,
 
 @torch.no_grad()
 def slice_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
-    """A LayerNorm-like module restricted to channels ``idx`` (Identity passes through)."""
+    """A LayerNorm-like module restricted to channels ``idx`` (Identity passes through).
+
+    The copy keeps the module's class (timm's ``LayerNorm`` subclass), ``eps``, dtype, device
+    and each parameter's ``requires_grad``; only the normalised shape and the affine
+    parameters change.
+    """
     if isinstance(norm, nn.Identity):
         return norm
-    if not isinstance(norm, nn.LayerNorm):
+    if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
         raise NotImplementedError(f"cannot slice {type(norm).__name__}")
-    new = nn.LayerNorm(len(idx), eps=norm.eps, elementwise_affine=norm.elementwise_affine,
-                       bias=norm.bias is not None, device=idx.device if norm.weight is None else norm.weight.device)
-    if norm.weight is not None:
-        new.weight.copy_(norm.weight[idx.to(norm.weight.device)])
-    if norm.bias is not None:
-        new.bias.copy_(norm.bias[idx.to(norm.bias.device)])
+    new = copy.deepcopy(norm)
+    new.normalized_shape = (len(idx),)
+    for name in ("weight", "bias"):
+        p = getattr(norm, name)
+        if p is not None:
+            setattr(new, name, nn.Parameter(p[idx.to(p.device)].clone(), requires_grad=p.requires_grad))
     return new
+
+
+def slice_element_scores(scores: SaliencyScores | None, key: str, out_idx: torch.Tensor | None = None,
+                         in_idx: torch.Tensor | None = None) -> None:
+    """Slices the element scores of parameter ``key`` like the parameter itself.
+
+    Structured pruners run before unstructured sparsity, which looks element scores up by the
+    base model's parameter names; slicing them here keeps them aligned with the smaller weights.
+    Replaces the entry in ``scores.elements``: :func:`prune` hands the pruners a copy of that
+    dict, so the caller's scores are left as they were.
+    """
+    if scores is None or not scores.elements or key not in scores.elements:
+        return
+    t = scores.elements[key]
+    if out_idx is not None:
+        t = t[out_idx.to(t.device)]
+    if in_idx is not None and t.dim() > 1:
+        t = t[:, in_idx.to(t.device)]
+    scores.elements[key] = t

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ._registry import register_pruner
+from ._surgery import check_finite
 
 
 def sparse_linears(block: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -26,7 +27,9 @@ def num_zeroed(numel: int, sparsity: float) -> int:
 class UnstructuredPruner:
     """Zeroes the ``round(sparsity·numel)`` lowest-scoring weights of every block linear.
 
-    Element scores come from the config's criterion when it has them, else |w|.
+    Element scores come from the config's criterion when it has them, else |w|. Heads and
+    MLP pruners run first and slice the element scores with the weights, so the scores of a
+    narrowed layer still line up with it.
     """
 
     def applies(self, config) -> bool:
@@ -42,8 +45,13 @@ class UnstructuredPruner:
                 k = num_zeroed(w.numel(), bc.sparsity)
                 mask = torch.ones_like(w)
                 if scores is not None and k > 0:
-                    el = (scores.elements or {}).get(f"blocks.{i}.{name}.weight")
-                    s = el if el is not None and el.shape == w.shape else w.abs()
+                    key = f"blocks.{i}.{name}.weight"
+                    el = (scores.elements or {}).get(key)
+                    if el is not None and el.shape != w.shape:
+                        raise ValueError(f"element scores of {key} have shape {tuple(el.shape)}, "
+                                         f"but the weight has shape {tuple(w.shape)}")
+                    s = w.abs() if el is None else el
+                    check_finite(s, f"element ({key})")
                     idx = torch.argsort(s.reshape(-1).double(), stable=True)[:k]
                     mask.view(-1)[idx.to(w.device)] = 0
                 torch_prune.custom_from_mask(lin, "weight", mask)
