@@ -76,8 +76,9 @@ def random_config(spec: ModelSpec, rng: random.Random) -> PruningConfig:
     arch = ViTArch.from_spec(spec)
     keep = [rng.random() < 0.8 for _ in range(arch.depth)]
     keep[rng.randrange(arch.depth)] = True
-    mode = rng.choice(TOKEN_MODES) if rng.random() < 0.5 else "attentive"
-    reduce_tokens = mode != "attentive" or rng.random() < 0.5
+    modes = TOKEN_MODES if arch.num_prefix_tokens else ("merge", "learned")  # attentive needs a class token
+    mode = rng.choice(modes) if rng.random() < 0.5 else modes[0]
+    reduce_tokens = mode != modes[0] or rng.random() < 0.5
     first = keep.index(True)
     blocks = []
     for i, k in enumerate(keep):

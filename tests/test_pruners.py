@@ -222,6 +222,8 @@ def pruner_name(request) -> str:
 @pytest.fixture(scope="module")
 def case(family, pruner_name):
     """(config, pruned model, its eval outputs) for one pruner on one family, chosen scores."""
+    if pruner_name.startswith("tokens_attentive") and dense_model(family).cls_token is None:
+        pytest.skip("attentive token modes refuse models without a class token (test_tokens checks that)")
     cfg = exercising_config(pruner_name, FAMILIES[family])
     pruned = prune(dense_model(family), cfg, scores=chosen_scores(family))
     return cfg, pruned, outputs(pruned, inputs(family))

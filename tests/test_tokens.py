@@ -236,3 +236,16 @@ def test_timm_version_in_tested_range():
     v = Version(timm.__version__)
     assert Version("1.0.15") <= v < Version("1.1")  # the range pinned in pyproject.toml
     check_timm_support()  # the hooks our token blocks rely on exist in this timm
+
+
+def test_attentive_modes_need_a_class_token():
+    spec = ModelSpec("vit_custom", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 3, "num_heads": 2,
+                                    "class_token": False, "global_pool": "avg", "num_classes": 3})
+    m = _model(spec)
+    for mode in ("attentive", "attentive_fuse"):
+        cfg = PruningConfig.dense(spec).replace(token_mode=mode).with_block(1, token_keep=0.5)
+        with pytest.raises(ConfigError, match="no class token"):
+            prune(m, cfg)
+    from prunetune.spaces import build_space
+
+    assert build_space(spec, "tokens")["token_mode"].choices == ("merge",)

@@ -321,6 +321,11 @@ class _TokenPruner:
 
     def apply(self, model, config, scores) -> None:
         check_timm_support()
+        if self.mode.startswith("attentive") and getattr(model, "cls_token", None) is None:
+            raise ConfigError(
+                f"token_mode={self.mode!r} ranks tokens by class-token attention, but this model has no "
+                "class token; use token_mode 'merge' or 'learned'"
+            )
         ctx = _Context(self.mode, model.num_prefix_tokens)
         model._token_ctx = ctx
         model.patch_embed.register_forward_pre_hook(_Reset(ctx))

@@ -83,7 +83,8 @@ def build_space(model: ModelSpec | str, preset: str = "hybrid", overrides: dict[
         k_lo, k_hi, k_step = _range(o.get("token_keep"), (0.3, 1.0, 0.05), "token_keep")
         if not 0 < k_lo <= k_hi <= 1:
             raise ConfigError(f"`0 < token_keep.low <= token_keep.high <= 1` must hold, but got ({k_lo}, {k_hi})")
-        modes = tuple(o.get("token_modes", DEFAULT_TOKEN_MODES))
+        default_modes = DEFAULT_TOKEN_MODES if a.num_prefix_tokens else ("merge",)  # attentive needs a class token
+        modes = tuple(o.get("token_modes", default_modes))
         if not modes or any(m not in TOKEN_MODES for m in modes):
             raise ConfigError(f"token_modes must be a subset of {TOKEN_MODES}, got {modes}")
         token_blocks = o.get("token_blocks", default_token_blocks(a.depth))
