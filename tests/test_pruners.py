@@ -624,3 +624,14 @@ def test_unsupported_models_raise():
     with pytest.raises(UnsupportedModelError, match="attention-pool"):
         build_model(ModelSpec("vit_custom", {**SMALL, "embed_dim": 32, "depth": 2, "num_heads": 2,
                                              "global_pool": "map"}))
+
+
+def test_depth_and_token_only_configs_need_no_calibration_data():
+    """A data-driven criterion is not run when no pruner has to choose units."""
+    spec = FAMILIES["digits_vit"]
+    model = build_model(spec).eval()
+    cfg = PruningConfig.dense(spec, criterion="fisher").with_block(4, keep=False).with_block(2, token_keep=0.5)
+    pruned = prune(model, cfg)  # no batches: fine, nothing is ranked
+    assert len(pruned.blocks) == 5
+    with pytest.raises(ConfigError, match="needs calibration batches"):
+        prune(model, cfg.with_block(0, heads=3))

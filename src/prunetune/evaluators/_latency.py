@@ -44,6 +44,9 @@ def _threads(n: int | None):
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 64,
                     warmup: int = 5, repeats: int = 20, threads: int | None = None) -> LatencyResult:
     """Times ``model`` on a random batch of ``input_shape`` images (eval mode)."""
+    if repeats < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(f"measure_latency needs repeats >= 1, warmup >= 0, batch_size >= 1; "
+                         f"got repeats={repeats}, warmup={warmup}, batch_size={batch_size}")
     dev = next(model.parameters()).device
     x = torch.randn(batch_size, *input_shape, device=dev)
     was = model.training

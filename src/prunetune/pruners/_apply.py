@@ -45,7 +45,7 @@ def prune(
     The returned model carries the resolved (count-mode) config as ``model.pruning_config``.
     """
     _check(model, config)
-    if scores is None and not config.is_identity:
+    if scores is None and _needs_scores(config, ViTArch.from_model(model)):
         scores = get_saliency(config.criterion).scores(model, list(batches or []))
     if config.width_mode == "count":
         resolved = config
@@ -63,6 +63,15 @@ def prune(
             pruner.apply(out, resolved, scores)
     out.pruning_config = resolved
     return out
+
+
+def _needs_scores(config: PruningConfig, arch: ViTArch) -> bool:
+    """Whether any pruner must choose units (depth and token-only configs choose none)."""
+    if config.width_mode == "threshold":
+        return any(b.keep and (b.head_threshold or b.mlp_threshold) for b in config.blocks)
+    return any(b.keep and ((b.heads is not None and b.heads < arch.num_heads)
+                           or (b.mlp is not None and b.mlp < arch.mlp_hidden) or b.sparsity > 0)
+               for b in config.blocks)
 
 
 def _resolve_identity(config: PruningConfig) -> PruningConfig:
