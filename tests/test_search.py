@@ -724,3 +724,15 @@ def test_export_without_a_result_is_one_line(tmp_path, capsys):
     code, _, err = run(["export", "--storage", url, "--study", "other", "--out", str(tmp_path / "x")], capsys)
     assert_usage_error(code, err, "no study named 'other'", "'empty'")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("url,needle", [
+    ("postgresql://postgres@127.0.0.1:1/test", "cannot open storage"),
+    ("not-a-url", "is not a URL"),
+])
+def test_unreachable_storage_is_a_usage_error(tmp_path, capsys, url, needle):
+    from prunetune.cli import main
+
+    code = main(["search", "--budget", "flops=50%", "--storage", url, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
