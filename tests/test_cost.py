@@ -38,6 +38,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
+from _families import FAMILIES, SMALL  # noqa: E402,F401
 from prunetune import (
     BlockConfig,
     ModelSpec,
@@ -54,18 +55,6 @@ from prunetune.models import ViTArch
 from prunetune.pruners import get_saliency
 from prunetune.pruners._tokens import TOKEN_MODES
 
-SMALL = {"img_size": 32, "patch_size": 4, "num_classes": 10}
-FAMILIES = {
-    "digits_vit": ModelSpec("digits_vit"),
-    "vit_tiny": ModelSpec("vit_tiny_patch16_224", SMALL),
-    "deit_tiny_distilled": ModelSpec("deit_tiny_distilled_patch16_224", SMALL),
-    "deit3_small": ModelSpec("deit3_small_patch16_224", SMALL),
-    "vit_custom": ModelSpec("vit_custom", {
-        **SMALL, "embed_dim": 64, "depth": 4, "num_heads": 4, "qk_norm": True,
-        "scale_attn_norm": True, "scale_mlp_norm": True, "qkv_bias": False,
-        "class_token": False, "global_pool": "avg", "fc_norm": True,
-    }),
-}
 #: Random configurations per family: 33 in all, more on the cheap families.
 N_RANDOM = {"digits_vit": 9, "vit_custom": 9, "vit_tiny": 6, "deit_tiny_distilled": 5, "deit3_small": 4}
 REL_TOL = 0.005

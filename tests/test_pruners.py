@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from _families import FAMILIES, SMALL  # noqa: E402,F401
 from prunetune import (
     BlockConfig,
     ConfigError,
@@ -51,18 +52,6 @@ from prunetune.evaluators import count_params
 from prunetune.models import ViTArch
 from prunetune.pruners import SaliencyScores, get_pruner, list_pruners
 
-SMALL = {"img_size": 32, "patch_size": 4, "num_classes": 10}
-FAMILIES = {
-    "digits_vit": ModelSpec("digits_vit"),
-    "vit_tiny": ModelSpec("vit_tiny_patch16_224", SMALL),
-    "deit_tiny_distilled": ModelSpec("deit_tiny_distilled_patch16_224", SMALL),  # 2 prefix tokens, 2 heads
-    "deit3_small": ModelSpec("deit3_small_patch16_224", SMALL),  # LayerScale
-    "vit_custom": ModelSpec("vit_custom", {
-        **SMALL, "embed_dim": 64, "depth": 4, "num_heads": 4, "qk_norm": True,
-        "scale_attn_norm": True, "scale_mlp_norm": True, "qkv_bias": False,
-        "class_token": False, "global_pool": "avg", "fc_norm": True,
-    }),
-}
 STRUCTURAL = ("heads", "mlp", "unstructured", "depth")
 #: Block sub-modules a pruner may add (the learned token pruner's predictor): their parameters
 #: are the one allowed growth in parameter count; MACs may never grow.
