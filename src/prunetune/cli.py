@@ -11,6 +11,13 @@ from .errors import PrunetuneError
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit 2) instead of the full usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -123,7 +130,7 @@ def cmd_prune(args) -> int:
     print(f"MACs x{p['macs'] / d['macs']:.3f}, params x{p['params'] / d['params']:.3f}"
           + ("" if args.no_latency else f", latency x{p['latency_ms'] / d['latency_ms']:.3f}")
           + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points ({tuned})")
-    sched = estimate_cost(resolved, base.arch).blocks
+    sched = cost.blocks  # the last stage is the pruned model
     print("tokens per block: " + " ".join(str(b.tokens) if b.kept else "-" for b in sched)
           + ("" if not resolved.has_tokens else f" (token_mode {resolved.token_mode})"))
     print(f"pruned: {format_macs(p['macs'])}; wrote {out}/config.json and {out}/model.safetensors")
@@ -254,7 +261,7 @@ def cmd_train_default(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .pruners import list_saliencies
 
-    p = argparse.ArgumentParser(prog="prunetune", description="Pruning-configuration search for Vision Transformers")
+    p = _Parser(prog="prunetune", description="Pruning-configuration search for Vision Transformers")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="per-block heads, MLP width, tokens, MACs and params")

@@ -13,7 +13,7 @@ import optuna
 from tqdm import tqdm
 
 from .. import _session
-from ..config import PruningConfig
+from ..config import BlockConfig, PruningConfig
 from ..errors import ConfigError, InfeasibleConfigError, PrunetuneError
 from ..evaluators import ShortKDProxy, ZeroShotProxy, estimate_cost, evaluate_accuracy, finetune
 from ..models import resolve_model_spec
@@ -115,8 +115,9 @@ class Evaluator:
     def _check_reachable(self) -> None:
         params = {d.name: (d.low if d.kind != "categorical" else d.choices[-1]) for d in self.space.dims}
         params = {k: v for k, v in params.items() if not k.startswith(("criterion", "token_mode"))}
-        cheapest = minimum_config(self.space.to_config(params).replace(width_mode="count", blocks=tuple(
-            b.__class__(keep=b.keep, token_keep=b.token_keep) for b in self.space.to_config(params).blocks)), self.arch)
+        shape = self.space.to_config(params)  # every droppable block dropped, lowest token keep rates
+        blocks = tuple(BlockConfig(keep=b.keep, token_keep=b.token_keep) for b in shape.blocks)
+        cheapest = minimum_config(shape.replace(width_mode="count", blocks=blocks), self.arch)
         low = cost_of(cheapest, self.arch, self.budget.metric, self.latency_model)
         if low > self.budget.limit:
             raise PrunetuneError(
@@ -196,11 +197,6 @@ class Evaluator:
         finetune(model, self.base.data.train, teacher=self.base.model, epochs=self.s.final_epochs, lr=self.s.lr,
                  batch_size=self.s.batch_size, seed=self.s.seed, progress=progress)
         return model
-
-    def reproduce_command(self, config_path: str) -> str:
-        from ._export import _reproduce
-
-        return _reproduce(self.s, config_path)
 
 
 def record(trial, attrs: dict) -> None:
@@ -352,7 +348,6 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
     space = load_space(resolve_model_spec(settings.model), settings.space)  # a bad --space fails before the study
     study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
     _check_resume(study, settings)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     ev = Evaluator(settings, space=space)
     # stored only once model, data, space and budget are known to work, so a failed start
     # (an unreachable budget, a missing checkpoint) does not pin its settings on the study
