@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from prunetune import BlockConfig, ModelSpec, PruningConfig, build_model, estimate_cost, measure_latency, prune
+from _common import interleaved_latency
+from prunetune import BlockConfig, ModelSpec, PruningConfig, build_model, estimate_cost, prune
 from prunetune.pruners._tokens import TOKEN_MODES
 
 MODELS = {
@@ -44,10 +45,7 @@ def run(model_names, batch, repeats, rounds, threads):
             blocks[depth // 2] = BlockConfig(token_keep=0.5)
             cfg = PruningConfig(spec, tuple(blocks), token_mode=mode)
             models[mode] = (prune(dense, cfg).eval(), cfg)
-        times = {k: [] for k in models}
-        for _ in range(rounds):  # interleave so drift on a shared machine hits every model alike
-            for k, (m, _) in models.items():
-                times[k].append(measure_latency(m, shape, batch, warmup=2, repeats=repeats, threads=threads).median_ms)
+        times = interleaved_latency({k: m for k, (m, _) in models.items()}, shape, batch, repeats, rounds, threads)
         d_ms = statistics.median(times["dense"])
         d_macs = estimate_cost(models["dense"][1]).macs
         for k, (_, cfg) in models.items():

@@ -89,7 +89,7 @@ def run_ray(study: optuna.Study, ev, settings, workers: int = 1, address: str | 
     started = False
     if not ray.is_initialized():
         os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-        ray.init(address=address, num_cpus=None if address else max(workers, 1), include_dashboard=False,
+        ray.init(address=address, num_cpus=None if address else max(workers, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR", configure_logging=False)
         started = True
     cpus = int(ray.cluster_resources().get("CPU", 1))
