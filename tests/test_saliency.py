@@ -462,6 +462,9 @@ def test_unknown_criterion_raises_config_error():
         get_saliency("nope")
     with pytest.raises(ConfigError, match="must have .name and .scores"):
         get_saliency(object())
+    cls = type(get_saliency("magnitude_l2"))
+    with pytest.raises(ConfigError, match=rf"the class {cls.__name__}, not an instance; pass {cls.__name__}\(\)"):
+        get_saliency(cls)
 
 
 def test_duplicate_registration_warns_and_the_later_wins(monkeypatch):

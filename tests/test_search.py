@@ -535,6 +535,11 @@ def test_seeded_searches_are_reproducible(optuna_run, tmp_path):
 # --- resume after a kill -------------------------------------------------------------------
 
 
+def test_grace_period_must_outlast_the_heartbeat(tmp_path):
+    with pytest.raises(PrunetuneError, match=r"grace_period=5 s would mark running trials dead.*more than 5 s"):
+        search("flops=50%", progress=False, **TINY, storage=sqlite_url(tmp_path / "g.db"), grace_period=5)
+
+
 def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
     db = tmp_path / "resume.db"
     url = sqlite_url(db)
@@ -566,9 +571,9 @@ def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
     assert before[killed].state == TrialState.RUNNING  # nobody has noticed yet
 
     # restart in-process with a short grace period: the dead trial's heartbeat is stale by now
-    time.sleep(2.5)
+    time.sleep(6.5)
     search("flops=50%", progress=False, **{**TINY, "n_trials": n_trials}, run_final=False, storage=url, study="s",
-           grace_period=2, artifacts=str(tmp_path / "art"))
+           grace_period=6, artifacts=str(tmp_path / "art"))
     trials = load_study(url, "s").trials
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)

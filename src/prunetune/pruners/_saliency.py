@@ -78,6 +78,8 @@ def list_saliencies() -> list[str]:
 def get_saliency(criterion: str | Saliency, **kwargs) -> Saliency:
     """Returns an instance for a registered name, or ``criterion`` itself if it is one."""
     if not isinstance(criterion, str):
+        if isinstance(criterion, type):
+            raise ConfigError(f"got the class {criterion.__name__}, not an instance; pass {criterion.__name__}()")
         if not isinstance(criterion, Saliency):
             raise ConfigError(f"a saliency must have .name and .scores(model, batches), got {criterion!r}")
         return criterion

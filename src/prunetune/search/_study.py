@@ -26,6 +26,9 @@ def make_storage(url: str, heartbeat: bool = True, grace_period: int | None = No
     """
     if "://" not in url:
         raise PrunetuneError(f"storage {url!r} is not a URL; use e.g. sqlite:///prunetune.db or postgresql://host/db")
+    if grace_period is not None and grace_period <= HEARTBEAT_INTERVAL:
+        raise PrunetuneError(f"grace_period={grace_period} s would mark running trials dead between their "
+                             f"heartbeats (every {HEARTBEAT_INTERVAL} s); use more than {HEARTBEAT_INTERVAL} s")
     kw = {}
     try:
         with warnings.catch_warnings():
