@@ -138,18 +138,26 @@ def _kendall(xs, ys):
     return float(r.statistic), float(r.pvalue)
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 50,30; got {text!r}") from None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budgets", default="50,30")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budgets", type=_ints, default=[50, 30], help="percent of dense MACs, e.g. 50,30")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--random-trials", type=int, default=90)
     p.add_argument("--hv-budget", type=int, default=30)
     p.add_argument("--work", type=Path, default=Path("/tmp/prunetune-baselines"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args()
-    budgets = [int(b) for b in a.budgets.split(",")]
-    seeds = [int(s) for s in a.seeds.split(",")]
+    budgets, seeds = a.budgets, a.seeds
+    if not all(0 < b <= 100 for b in budgets):
+        p.error(f"--budgets are percentages in (0, 100], got {budgets}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     a.work.mkdir(parents=True, exist_ok=True)
     log = a.work / "runs.jsonl"

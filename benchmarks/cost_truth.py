@@ -61,8 +61,8 @@ def random_configs(spec: ModelSpec, n: int, seed: int) -> list[PruningConfig]:
     return out
 
 
-def attention_macs(config: PruningConfig, arch: ViTArch) -> int:
-    cost = estimate_cost(config, arch)
+def attention_macs(cost, arch: ViTArch) -> int:
+    """The attention matmuls (q·kᵀ and attn·v) of an estimated cost: 2·h·N²·d per kept block."""
     return sum(2 * b.heads * b.tokens * b.tokens * arch.head_dim for b in cost.blocks if b.kept)
 
 
@@ -113,8 +113,9 @@ def macs_truth(name: str, n: int, seed: int) -> list[dict]:
     rows = []
     for i, cfg in enumerate(random_configs(spec, n, seed)):
         model = prune(base, cfg).eval()
+        cost = estimate_cost(cfg, arch)
         row = {"model": name, "config": i, "token_mode": cfg.token_mode,
-               "analytic": estimate_cost(cfg, arch).macs, "attention": attention_macs(cfg, arch)}
+               "analytic": cost.macs, "attention": attention_macs(cost, arch)}
         for cname, fn in COUNTERS.items():
             row[cname] = fn(model, shape)
         rows.append(row)
@@ -174,9 +175,10 @@ def latency_truth(name: str, batch: int, repeats: int, rounds: int, threads: int
     rows = []
     for k, cfg in cfgs.items():
         ms = statistics.median(times[k])
-        b = next(b for b in estimate_cost(cfg, arch).blocks if b.kept)
+        cost = estimate_cost(cfg, arch)
+        b = next(b for b in cost.blocks if b.kept)
         friendly = all(x % 64 == 0 for x in (b.heads * arch.head_dim, b.mlp, arch.embed_dim))
-        speed, red = d_ms / ms, d_macs / estimate_cost(cfg, arch).macs
+        speed, red = d_ms / ms, d_macs / cost.macs
         rows.append({"model": name, "batch": batch, "pruning": k, "ms": round(ms, 3),
                      "ms_spread": round(max(times[k]) - min(times[k]), 3), "speedup": round(speed, 3),
                      "macs_reduction": round(red, 3), "ratio": round(speed / red, 3), "dims_x64": friendly,

@@ -27,11 +27,15 @@ from pathlib import Path
 
 WORKER = r"""
 import sys, torch, optuna
+from prunetune.errors import PrunetuneError
 from prunetune.search import search
 threads, storage, study, trials, backend, workers = sys.argv[1:7]
 torch.set_num_threads(int(threads))
-search("flops=50%", progress=False, storage=storage, study=study, n_trials=int(trials), tier_a_warmup=int(trials),
-       run_final=False, backend=backend, workers=int(workers))
+try:
+    search("flops=50%", progress=False, storage=storage, study=study, n_trials=int(trials),
+           tier_a_warmup=int(trials), run_final=False, backend=backend, workers=int(workers))
+except PrunetuneError as e:
+    sys.exit(f"scaling worker: {e}")
 """
 
 
