@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,17 @@ from ..models import resolve_model_spec
 from ..pruners import compute_scores, prune
 from ..spaces import SearchSpace, load_space
 from ._budget import Budget, cost_of, minimum_config, parse_budget, repair
-from ._study import DEFAULT_STORAGE, DEFAULT_STUDY, make_sampler, open_study
+from ._study import (
+    DEFAULT_STORAGE,
+    DEFAULT_STUDY,
+    StudyLock,
+    _storage_error,
+    check_writable,
+    find_study,
+    make_sampler,
+    open_study,
+    trial_counts,
+)
 
 __all__ = ["SearchSettings", "SearchResult", "search", "pareto_front", "Evaluator"]
 
@@ -57,6 +68,29 @@ class SearchSettings:
     latency_batch: int = 64
     measure_latency: bool = False
     grace_period: int | None = None
+
+    def validate(self) -> None:
+        """Raises a one-line :class:`PrunetuneError` for a value no search can use."""
+        def bad(rule: str, name: str) -> PrunetuneError:
+            return PrunetuneError(f"`{rule}` must hold, but got {name}={getattr(self, name)!r}")
+
+        ints = {"n_trials": 1, "seed": 0, "calib_samples": 1, "batch_size": 1, "tier_a_warmup": 0,
+                "tier_b_steps": 0, "front_max": 1, "latency_batch": 1}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise bad(f"{name} >= {low} (an integer)", name)
+        for name, rule, ok in (("lr", "lr > 0", lambda v: v > 0), ("final_epochs", "final_epochs >= 0", lambda v: v >= 0),
+                               ("tier_b_fraction", "0 < tier_b_fraction <= 1", lambda v: 0 < v <= 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise bad(rule, name)
+        if self.grace_period is not None and (not isinstance(self.grace_period, int) or self.grace_period < 1):
+            raise bad("grace_period >= 1 (seconds)", "grace_period")
+        for name in ("model", "checkpoint", "data", "data_root", "space", "artifacts", "device"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise bad(f"{name} is a string", name)
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match when a search resumes an existing study."""
@@ -300,8 +334,49 @@ class _Progress:
         if trial.values:
             self.bar.set_postfix(acc=f"{trial.values[0]:.3f}", mmacs=f"{trial.user_attrs.get('macs', 0) / 1e6:.2f}")
 
+    def waiting(self, running: int) -> None:
+        self.bar.set_description(f"search (waiting for {running} running trial{'s' * (running != 1)})")
+
     def close(self) -> None:
         self.bar.close()
+
+
+def run_trials(study: optuna.Study, objective, settings: SearchSettings, progress: bool = True,
+               poll: float = 2.0) -> None:
+    """Runs trials in this process until the study holds ``settings.n_trials`` finished ones.
+
+    ``n_trials`` is a study total shared by every worker: under the study's lock a worker
+    fails stale trials (dead workers'), counts finished and running trials, and starts one
+    only below the total; the lock is released as soon as Optuna has created the trial. A
+    worker that runs the Pareto stage then waits for the other workers' running trials.
+    """
+    lock = StudyLock(settings.storage, settings.study)
+    bar = _Progress(study, settings.n_trials, progress)
+
+    def locked_objective(trial: optuna.Trial):
+        lock.release()  # the trial exists now: others may count it as running
+        return objective(trial)
+
+    try:
+        while True:
+            lock.acquire()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+                done, running = trial_counts(study)
+                if done >= settings.n_trials or (done + running >= settings.n_trials and not settings.run_final):
+                    return
+                if done + running >= settings.n_trials:
+                    bar.waiting(running)
+                    lock.release()
+                    time.sleep(poll)
+                    continue
+                study.optimize(locked_objective, n_trials=1, callbacks=[bar], catch=(FloatingPointError,))
+            finally:
+                lock.release()
+    finally:
+        bar.close()
 
 
 def _check_resume(study: optuna.Study, settings: SearchSettings) -> None:
@@ -340,42 +415,45 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
     if unknown:
         raise TypeError(f"unknown search settings {sorted(unknown)}")
     settings = SearchSettings(budget=budget, **kwargs)
+    settings.validate()
     parse_budget(settings.budget)  # malformed budgets fail before anything loads
     if backend not in ("optuna", "ray"):
         raise PrunetuneError(f"unknown backend {backend!r}; choose optuna or ray")
+    if not isinstance(workers, int) or workers < 1:
+        raise PrunetuneError(f"`workers >= 1` must hold, but got workers={workers!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler(settings.sampler, settings.seed, settings.n_trials)
     space = load_space(resolve_model_spec(settings.model), settings.space)  # a bad --space fails before the study
-    study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
-    _check_resume(study, settings)
+    check_writable(settings.storage)
+    existing = find_study(settings.storage, settings.study)  # creates nothing
+    if existing is not None:
+        _check_resume(existing, settings)  # before the expensive loading below
     ev = Evaluator(settings, space=space)
-    # stored only once model, data, space and budget are known to work, so a failed start
-    # (an unreachable budget, a missing checkpoint) does not pin its settings on the study
-    if study.user_attrs.get("settings") is None:
-        study.set_user_attr("settings", asdict(settings))
-    study.set_user_attr("dense", {"macs": ev.dense_cost.macs, "params": ev.dense_cost.params,
-                                  "val_accuracy": ev.dense_accuracy, "budget_value": ev.dense_value})
-    study.set_user_attr("budget", {"metric": ev.budget.metric, "limit": ev.budget.limit, "text": ev.budget.text})
-    if ev.latency_model is not None:
-        study.set_user_attr("latency_table", {"device": ev.latency_model.device, "batch_size": ev.latency_model.batch_size,
-                                              "prediction_error_pct": ev.latency_model.error_pct,
-                                              "rows": len(ev.latency_model.rows)})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["accuracy", "latency_ms" if ev.budget.metric == "latency" else "macs"])
+    # the study is created only once model, data, space and budget are known to work, so a
+    # failed start (an unreachable budget, a missing checkpoint) leaves no study and no file
+    study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
+    _check_resume(study, settings)  # another worker may have started it meanwhile
+    try:
+        if study.user_attrs.get("settings") is None:
+            study.set_user_attr("settings", asdict(settings))
+        study.set_user_attr("dense", {"macs": ev.dense_cost.macs, "params": ev.dense_cost.params,
+                                      "val_accuracy": ev.dense_accuracy, "budget_value": ev.dense_value})
+        study.set_user_attr("budget", {"metric": ev.budget.metric, "limit": ev.budget.limit, "text": ev.budget.text})
+        if ev.latency_model is not None:
+            study.set_user_attr("latency_table", {
+                "device": ev.latency_model.device, "batch_size": ev.latency_model.batch_size,
+                "prediction_error_pct": ev.latency_model.error_pct, "rows": len(ev.latency_model.rows)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["accuracy", "latency_ms" if ev.budget.metric == "latency" else "macs"])
+    except optuna.exceptions.StorageInternalError as e:
+        raise _storage_error(settings.storage, e, "write to") from None
     if backend == "ray":
         from ._ray import run_ray
 
         run_ray(study, ev, settings, workers=workers, address=address, progress=progress)
     else:
-        bar = _Progress(study, settings.n_trials, progress)
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        try:
-            study.optimize(ev.objective, n_trials=None,
-                           callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=states), bar],
-                           catch=(FloatingPointError,))
-        finally:
-            bar.close()
+        run_trials(study, ev.objective, settings, progress)
     finals = run_pareto_stage(study, ev, progress) if settings.run_final else {}
     best, _ = best_trial(study)
     front = pareto_front(study)
