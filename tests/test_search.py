@@ -7,18 +7,15 @@ so the file runs in a few minutes on two CPU cores.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-import warnings
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +28,22 @@ import torch
 from optuna.trial import TrialState
 
 import prunetune.search._search as search_mod
+from _helpers import (  # noqa: E402
+    DONE,
+    PG_URL,
+    TINY,
+    TINY_CLI,
+    _postgres_reachable,
+    assert_usage_error,
+    cli,
+    count_done,
+    retried_from,
+    run,
+    sqlite_url,
+    stop,
+    subprocess_env,
+    wait_for,
+)
 from prunetune import load_pruned
 from prunetune.cli import main
 from prunetune.config import PruningConfig
@@ -44,15 +57,7 @@ from prunetune.spaces import PRESETS, Dim, build_space, load_space
 SPEC = ModelSpec("digits_vit")
 ARCH = ViTArch.from_spec(SPEC)
 DENSE_MACS = estimate_cost(PruningConfig.dense(SPEC), ARCH).macs
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
-#: Settings of every in-process search: a few trials, a few tier-b steps, a short Pareto stage.
-TINY = {"n_trials": 3, "tier_b_steps": 5, "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
-        "front_max": 2, "device": "cpu"}
-#: The same for ``prunetune search`` (its identity settings match TINY, so studies can be shared).
-TINY_CLI = ["--tier-b-steps", "5", "--calib-samples", "64", "--batch-size", "16", "--final-epochs", "0.1",
-            "--front-max", "2", "--device", "cpu", "--quiet"]
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -67,38 +72,16 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def run(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
-def assert_usage_error(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prunetune: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
-def cli(*args: str) -> list[str]:
-    """The installed ``prunetune`` script beside this interpreter (else ``python -m``)."""
-    exe = Path(sys.executable).with_name("prunetune")
-    return [str(exe), *args] if exe.is_file() else [sys.executable, "-m", "prunetune.cli", *args]
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
 
 
-def subprocess_env() -> dict[str, str]:
-    """One torch thread per child: the children share two cores with each other and with pytest."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def count_done(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=DONE))
 
 
 def check_readable(study: optuna.Study, n_trials: int, fraction: float = 0.5) -> None:
@@ -147,30 +130,10 @@ def check_report(storage: str, study: str, out: Path, capsys, budget: str = "flo
     assert len(rows) == len(with_attrs) > 0
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
-            pytest.fail(f"process exited ({proc.returncode}) while waiting for {what}: {err[-2000:]}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The number of the stale trial that ``trial`` retries (optuna's heartbeat callback)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
 
 
 # --- spaces --------------------------------------------------------------------------------
@@ -476,6 +439,13 @@ def optuna_run(tmp_path_factory):
     return {"dir": d, "kw": kw, "result": res}
 
 
+def test_rerunning_a_finished_study_runs_no_more_trials(optuna_run):
+    kw = optuna_run["kw"]
+    before = [(t.number, t.state) for t in load_study(kw["storage"], kw["study"]).trials]
+    search("flops=50%", progress=False, backend="optuna", **kw)
+    assert [(t.number, t.state) for t in load_study(kw["storage"], kw["study"]).trials] == before
+
+
 def test_optuna_backend_study_is_readable(optuna_run, tmp_path, capsys):
     kw, res = optuna_run["kw"], optuna_run["result"]
     study = load_study(kw["storage"], kw["study"])
@@ -595,17 +565,6 @@ def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
 # --- shared PostgreSQL study ---------------------------------------------------------------
 
 
-def _postgres_reachable() -> str | None:
-    try:
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(sa.text("select 1"))
-        engine.dispose()
-    except Exception as e:  # driver missing, server down, auth refused, ...
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    return None
 
 
 def test_two_workers_share_a_postgres_study(tmp_path):
@@ -630,7 +589,7 @@ def test_two_workers_share_a_postgres_study(tmp_path):
         numbers = [t.number for t in trials]
         assert sorted(numbers) == list(range(len(trials)))  # every number once
         states = Counter(t.state for t in trials)
-        assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] >= n_trials
+        assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == n_trials  # a study total
         assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0
         # two workers with the same --seed must not draw the same candidates
         keys = Counter(json.dumps(t.params, sort_keys=True) for t in trials if retried_from(t) is None)
@@ -734,7 +693,6 @@ def test_export_without_a_result_is_one_line(tmp_path, capsys):
     ("not-a-url", "is not a URL"),
 ])
 def test_unreachable_storage_is_a_usage_error(tmp_path, capsys, url, needle):
-    from prunetune.cli import main
 
     code = main(["search", "--budget", "flops=50%", "--storage", url, "--quiet"])
     err = capsys.readouterr().err
