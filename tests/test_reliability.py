@@ -6,6 +6,7 @@ a server whose databases already hold Optuna's tables.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -16,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from prunetune._io import atomic_dir, prepare_out
+from prunetune.errors import PrunetuneError
 from prunetune.search import load_study
 
 from _helpers import PG_URL, TINY_CLI, _postgres_reachable, cli, stop, subprocess_env
@@ -100,3 +103,76 @@ def test_three_workers_run_exactly_the_study_total(tmp_path):
         assert len(finals) == 1
         study.trials  # noqa: B018  (readable after every worker has gone)
         load_study(url, "total").get_trials(deepcopy=False)
+
+
+# --- atomic outputs --------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _tree(d):
+    return {str(p.relative_to(d)): p.read_text() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_failed_swap_restores_the_previous_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with atomic_dir(out) as t:
+        (t / "a.txt").write_text("old a")
+        (t / "front").mkdir()
+        (t / "front" / "m.txt").write_text("old m")
+        (t / "z.txt").write_text("old z")
+    before = _tree(out)
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # a.txt aside, a.txt in, front aside, then the new front fails
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="No space"):
+        with atomic_dir(out) as t:
+            (t / "a.txt").write_text("new a")
+            (t / "front").mkdir()
+            (t / "front" / "n.txt").write_text("new n")
+            (t / "z.txt").write_text("new z")
+    monkeypatch.setattr(os, "replace", real)
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_killed_writer_leftovers_are_cleaned_and_rolled_back(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as t:
+        (t / "config.json").write_text("old config")
+        (t / "model.safetensors").write_text("old weights")
+    pid = _dead_pid()
+    # what a kill in the middle of a swap leaves: weights already new, config still old
+    tmp, old = tmp_path / f".out.{pid}.deadbeef.tmp", tmp_path / f".out.{pid}.deadbeef.old"
+    tmp.mkdir()
+    (tmp / "config.json").write_text("new config")
+    old.mkdir()
+    os.replace(out / "model.safetensors", old / "model.safetensors")
+    (out / "model.safetensors").write_text("new weights")
+    live = tmp_path / f".out.{os.getppid()}.cafecafe.tmp"  # a running writer's folder is left alone
+    live.mkdir()
+    prepare_out(out, overwrite=True)
+    assert _tree(out) == {"config.json": "old config", "model.safetensors": "old weights"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda p: p.write_text("x"), "is a file"),
+    (lambda p: (p.parent / "f").write_text("x"), "which is a file"),
+])
+def test_out_that_is_or_lies_under_a_file(tmp_path, make, needle):
+    target = tmp_path / "o"
+    make(target)
+    out = target if target.exists() else tmp_path / "f" / "sub"
+    with pytest.raises(PrunetuneError, match=needle):
+        prepare_out(out)

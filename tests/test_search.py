@@ -7,6 +7,7 @@ so the file runs in a few minutes on two CPU cores.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
 import signal
@@ -673,6 +674,32 @@ def test_export_round_trip_reproduces_the_model(optuna_run, tmp_path, capsys, mo
     x = torch.cat([xb for xb, _ in val])
     with torch.no_grad():
         torch.testing.assert_close(reproduced(x), exported(x), atol=1e-4, rtol=0)
+
+
+def test_export_over_an_export_replaces_it_whole(optuna_run, tmp_path, capsys):
+    url, name = optuna_run["kw"]["storage"], optuna_run["kw"]["study"]
+    d = tmp_path / "best"
+    argv = ["export", "--storage", url, "--study", name, "--out", str(d), "--front"]
+    assert run(argv, capsys)[0] == 0
+    first = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    (d / "front" / "stale.txt").write_text("from an older export")
+    (d / "notes.txt").write_text("the user's own file")
+    code, _, err = run(argv, capsys)
+    assert_usage_error(code, err, "not empty", "--overwrite")
+    code, _, err = run([*argv, "--overwrite"], capsys)
+    assert code == 0, err
+    again = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert again.pop(Path("notes.txt")) == b"the user's own file"  # entries we do not write are kept
+    assert again == first  # front/ replaced as a whole: no stale member left
+    modes = {p.name: p.stat().st_mode & 0o777 for p in d.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~_umask()}, modes
+    assert not list(tmp_path.glob(".best.*"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_export_without_a_result_is_one_line(tmp_path, capsys):

@@ -1,14 +1,38 @@
-"""Atomic file writes: an output is either complete or absent."""
+"""Atomic file writes: an output is either complete or absent.
+
+Outputs are written into a hidden temporary folder beside their destination and moved into
+place only when complete. The temporary folder's name carries the writer's process id, so a
+later run can tell a folder left by a killed writer (its process is gone) from one that is
+still being written, and clean it up.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "atomic_dir"]
+from .errors import PrunetuneError
+
+__all__ = ["atomic_write_text", "atomic_dir", "prepare_out"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public_modes(root: Path) -> None:
+    """Files 0666 and folders 0777, less the umask (temporary files are created 0600/0700)."""
+    mask = _umask()
+    for dirpath, _, files in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -18,25 +42,119 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-@contextmanager
-def atomic_dir(out: str | Path):
-    """Yields a temporary folder beside ``out``; on success its files move into ``out``.
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    On any error the temporary folder is removed and ``out`` is left as it was.
+
+def _leftovers(out: Path) -> list[tuple[Path, str]]:
+    """Temporary folders of ``out`` whose writer is dead: ``(path, "tmp" | "old")``."""
+    found = []
+    if not out.parent.is_dir():
+        return found
+    for p in out.parent.glob(f".{out.name}.*"):
+        parts = p.name[len(out.name) + 2:].split(".")
+        if len(parts) == 3 and parts[2] in ("tmp", "old") and parts[0].isdigit() and p.is_dir():
+            if not _alive(int(parts[0])) or int(parts[0]) == os.getpid():
+                found.append((p, parts[2]))
+    return found
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Removes what a killed writer left; a half-done swap is rolled back to the old files."""
+    for p, kind in _leftovers(out):
+        if kind == "old" and out.is_dir():
+            for f in p.iterdir():  # the previous version of entries a killed swap had replaced
+                dest = out / f.name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                elif dest.exists() or dest.is_symlink():
+                    dest.unlink()
+                os.replace(f, dest)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def prepare_out(out: str | Path, overwrite: bool = False, what: str = "output folder") -> Path:
+    """Checks ``--out`` before any work: a folder (or nothing) in a writable place.
+
+    Raises:
+        PrunetuneError: ``out`` is a file, lies under a file, is not writable, or is a
+            non-empty folder without ``overwrite``.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    _clean_leftovers(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() or parent.is_symlink():
+            if parent.is_symlink() and parent == out:
+                break  # replaced, never followed
+            if not parent.is_dir():
+                where = "is a file" if parent == out else f"lies under {parent}, which is a file"
+                raise PrunetuneError(f"{what} {out} {where}; choose a folder with --out")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PrunetuneError(f"{what} {out} is not writable ({parent} is read-only for this user); "
+                                     f"choose another --out")
+            break
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not overwrite:
+        raise PrunetuneError(f"{what} {out} is not empty; pass --overwrite or choose another --out")
+    return out
+
+
+@contextmanager
+def atomic_dir(out: str | Path):
+    """Yields a temporary folder beside ``out``; on success its entries replace ``out``'s.
+
+    Each top-level entry written (a file, or a folder such as ``front/``) replaces the entry
+    of the same name in ``out`` as a whole; other entries of ``out`` are kept. The replaced
+    entries are first moved aside, so a failure while swapping restores them, and a kill
+    while swapping is rolled back by the next write to ``out``. On any error before the
+    swap the temporary folder is removed and ``out`` is left as it was.
+    """
+    out = prepare_out(out, overwrite=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tag = f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp = out.parent / f"{tag}.tmp"
+        tmp.mkdir()
+    except OSError as e:
+        raise PrunetuneError(f"cannot write to {out}: {e.strerror or e}; choose another --out") from None
+    old = out.parent / f"{tag}.old"
     try:
         yield tmp
+        _public_modes(tmp)
+        if out.is_symlink():
+            out.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
+        old.mkdir()
+        moved: list[str] = []
+        try:
+            for f in sorted(tmp.iterdir()):
+                dest = out / f.name
+                if dest.exists() or dest.is_symlink():
+                    os.replace(dest, old / f.name)
+                moved.append(f.name)
+                os.replace(f, dest)
+        except BaseException:
+            for name in moved:  # roll back: new entries out, old entries back in
+                dest = out / name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                else:
+                    dest.unlink(missing_ok=True)
+                if (old / name).exists() or (old / name).is_symlink():
+                    os.replace(old / name, dest)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
