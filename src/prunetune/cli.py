@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._io import prepare_out
 from .errors import PrunetuneError
 
 EXIT_USAGE = 2
@@ -92,9 +93,7 @@ def cmd_prune(args) -> int:
 
     config = PruningConfig.load(args.config)
     spec = _spec_for(args, config)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise PrunetuneError(f"output folder {out} is not empty; pass --overwrite or choose another --out")
+    out = prepare_out(args.out, args.overwrite)
     base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device)
     config.check_fits(base.arch)
     calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
@@ -215,9 +214,7 @@ def cmd_export(args) -> int:
     from .search import load_study
     from .search._export import export
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise PrunetuneError(f"output folder {out} is not empty; pass --overwrite or choose another --out")
+    out = prepare_out(args.out, args.overwrite)
     infos = export(load_study(args.storage, args.study), out, whole_front=args.front)
     best = infos[0]
     acc = (f"final val accuracy {100 * best['final']['val_accuracy']:.2f} %" if best["final"]
