@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from . import search  # callable: prunetune.search(budget=...) runs a search
+import os as _os
+
+# A Ray node started from this process (``--backend ray`` without ``--address``) binds its
+# servers to 127.0.0.1 only when this is set before ray is first imported; the default makes
+# GCS, raylet and workers listen on every interface. A value set by the user is kept.
+_os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray clusters authenticate with a token (~/.ray/auth_token, or RAY_AUTH_TOKEN[_PATH]). `ray start`
+# uses one when it exists, but a driver joining with --address sends it only in token mode, and
+# ray reads the mode once, on import. An explicit RAY_AUTH_MODE (e.g. disabled) is kept.
+if "RAY_AUTH_MODE" not in _os.environ and (
+    _os.environ.get("RAY_AUTH_TOKEN") or _os.environ.get("RAY_AUTH_TOKEN_PATH")
+    or _os.path.isfile(_os.path.join(_os.path.expanduser("~"), ".ray", "auth_token"))
+):
+    _os.environ["RAY_AUTH_MODE"] = "token"
+
+from . import search  # noqa: E402  (callable: prunetune.search(budget=...) runs a search)  # callable: prunetune.search(budget=...) runs a search
 from ._pruned import load_pruned, save_pruned
 from ._session import resolve_device
 from .config import BlockConfig, PruningConfig

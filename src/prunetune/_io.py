@@ -15,6 +15,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._faults import fault_point
 from .errors import PrunetuneError
 
 __all__ = ["atomic_write_text", "atomic_dir", "prepare_out"]
@@ -145,6 +146,7 @@ def atomic_dir(out: str | Path):
                     os.replace(dest, old / f.name)
                 moved.append(f.name)
                 os.replace(f, dest)
+                fault_point("export")
         except BaseException:
             for name in moved:  # roll back: new entries out, old entries back in
                 dest = out / name

@@ -14,6 +14,7 @@ import optuna
 from tqdm import tqdm
 
 from .. import _session
+from .._faults import fault_point
 from ..config import BlockConfig, PruningConfig
 from ..errors import ConfigError, InfeasibleConfigError, PrunetuneError
 from ..evaluators import ShortKDProxy, ZeroShotProxy, estimate_cost, evaluate_accuracy, finetune
@@ -199,12 +200,14 @@ class Evaluator:
             if self.latency_model is not None:
                 attrs["latency_predicted_ms"] = value
         a = self.tier_a.score(model)
+        fault_point("tier-a")
         attrs.update({"tier_a_score": a, "tier_a_kl": self.tier_a.last["kl"],
                       "tier_a_accuracy": self.tier_a.last["accuracy"]})
         if not self._passes_tier_a(study, a):
             attrs["tier_b"] = "skipped: tier a below the kept fraction"
             return attrs, None
         b = self.tier_b.score(model, self.val)
+        fault_point("tier-b")
         attrs["tier_b_accuracy"] = b
         return attrs, (b, float(cost.macs if self.budget.metric != "latency" else value))
 
@@ -297,6 +300,7 @@ def run_pareto_stage(study: optuna.Study, ev: Evaluator, progress: bool = True) 
 
             res["test_accuracy"] = evaluate_accuracy(model, make_loader(ev.base.data.test, 256)).accuracy
         save_pruned(model, art / f"trial_{t.number}", config, res)
+        fault_point("pareto")
         study.set_user_attr(key, res)
         finals[t.number] = res
     if finals:
@@ -425,6 +429,10 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
     sampler = make_sampler(settings.sampler, settings.seed, settings.n_trials)
     space = load_space(resolve_model_spec(settings.model), settings.space)  # a bad --space fails before the study
     check_writable(settings.storage)
+    if backend == "ray" and address is not None:
+        from ._ray import check_address
+
+        check_address(address)  # an unreachable cluster fails before anything loads
     existing = find_study(settings.storage, settings.study)  # creates nothing
     if existing is not None:
         _check_resume(existing, settings)  # before the expensive loading below
@@ -433,6 +441,7 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
     # failed start (an unreachable budget, a missing checkpoint) leaves no study and no file
     study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
     _check_resume(study, settings)  # another worker may have started it meanwhile
+    fault_point("study-created")
     try:
         if study.user_attrs.get("settings") is None:
             study.set_user_attr("settings", asdict(settings))

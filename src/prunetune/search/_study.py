@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -210,6 +209,8 @@ def make_storage(url: str, heartbeat: bool = True, grace_period: int | None = No
 class _SeededPerTrial:
     """Sampler mixin: the random draws of trial ``n`` come from a generator seeded by ``(seed, n)``.
 
+    ``n`` counts the trials before this one that did not fail.
+
     A seeded Optuna sampler draws from one stream per process, so workers that share a study
     (with the same ``--seed``, as resuming requires) would propose the same candidates in the
     same order. Trial numbers are unique across workers: seeding by them keeps the workers'
@@ -220,7 +221,11 @@ class _SeededPerTrial:
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self._trial_seed is not None:
-            states = np.random.SeedSequence([self._trial_seed, trial.number]).generate_state(2)
+            # failed trials (a killed worker's) do not count: a resumed search draws the same
+            # candidates as one that was never interrupted
+            fails = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+                        if t.number < trial.number)
+            states = np.random.SeedSequence([self._trial_seed, trial.number - fails]).generate_state(2)
             for obj, s in zip((self, getattr(self, "_random_sampler", None)), states):
                 rng = getattr(obj, "_rng", None)  # optuna's LazyRandomState
                 if rng is not None:
