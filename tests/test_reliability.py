@@ -156,7 +156,11 @@ def test_a_killed_writer_leftovers_are_cleaned_and_rolled_back(tmp_path):
     tmp, old = tmp_path / f".out.{pid}.deadbeef.tmp", tmp_path / f".out.{pid}.deadbeef.old"
     tmp.mkdir()
     (tmp / "config.json").write_text("new config")
+    (tmp / "export.json").write_text("new export")
     old.mkdir()
+    (old / ".swap-manifest").write_text("config.json\nexport.json\nfront\nmodel.safetensors\n")
+    (out / "front").mkdir()  # new: it had no old version
+    (out / "front" / "m.txt").write_text("new member")
     os.replace(out / "model.safetensors", old / "model.safetensors")
     (out / "model.safetensors").write_text("new weights")
     live = tmp_path / f".out.{os.getppid()}.cafecafe.tmp"  # a running writer's folder is left alone

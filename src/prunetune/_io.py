@@ -60,31 +60,49 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _leftovers(out: Path) -> list[tuple[Path, str]]:
-    """Temporary folders of ``out`` whose writer is dead: ``(path, "tmp" | "old")``."""
-    found = []
+_MANIFEST = ".swap-manifest"
+
+
+def _leftovers(out: Path) -> dict[str, dict[str, Path]]:
+    """Temporary folders of ``out`` whose writer is dead, by writer tag: ``{"tmp": ..., "old": ...}``."""
+    found: dict[str, dict[str, Path]] = {}
     if not out.parent.is_dir():
         return found
     for p in out.parent.glob(f".{out.name}.*"):
         parts = p.name[len(out.name) + 2:].split(".")
         if len(parts) == 3 and parts[2] in ("tmp", "old") and parts[0].isdigit() and p.is_dir():
             if not _alive(int(parts[0])) or int(parts[0]) == os.getpid():
-                found.append((p, parts[2]))
+                found.setdefault(f"{parts[0]}.{parts[1]}", {})[parts[2]] = p
     return found
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def _clean_leftovers(out: Path) -> None:
-    """Removes what a killed writer left; a half-done swap is rolled back to the old files."""
-    for p, kind in _leftovers(out):
-        if kind == "old" and out.is_dir():
-            for f in p.iterdir():  # the previous version of entries a killed swap had replaced
-                dest = out / f.name
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                elif dest.exists() or dest.is_symlink():
-                    dest.unlink()
-                os.replace(f, dest)
-        shutil.rmtree(p, ignore_errors=True)
+    """Removes what a killed writer left; a swap it had begun is rolled back to the old entries.
+
+    The swap's manifest lists every entry it was to replace. An entry whose new version is no
+    longer in the temporary folder had been moved into ``out``: it is removed. An entry moved
+    aside into the ``.old`` folder is put back.
+    """
+    for parts in _leftovers(out).values():
+        tmp, old = parts.get("tmp"), parts.get("old")
+        if old is not None and (old / _MANIFEST).is_file():
+            for name in (old / _MANIFEST).read_text().splitlines():
+                if not name:
+                    continue
+                if tmp is None or not (tmp / name).exists():
+                    _remove(out / name)
+                if (old / name).exists() or (old / name).is_symlink():
+                    os.replace(old / name, out / name)
+        for p in (tmp, old):
+            if p is not None:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def prepare_out(out: str | Path, overwrite: bool = False, what: str = "output folder") -> Path:
@@ -138,9 +156,11 @@ def atomic_dir(out: str | Path):
             out.unlink()
         out.mkdir(parents=True, exist_ok=True)
         old.mkdir()
+        names = sorted(f.name for f in tmp.iterdir())
+        (old / _MANIFEST).write_text("\n".join(names) + "\n")  # lets a later run undo a killed swap
         moved: list[str] = []
         try:
-            for f in sorted(tmp.iterdir()):
+            for f in (tmp / n for n in names):
                 dest = out / f.name
                 if dest.exists() or dest.is_symlink():
                     os.replace(dest, old / f.name)
@@ -150,10 +170,7 @@ def atomic_dir(out: str | Path):
         except BaseException:
             for name in moved:  # roll back: new entries out, old entries back in
                 dest = out / name
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                else:
-                    dest.unlink(missing_ok=True)
+                _remove(dest)
                 if (old / name).exists() or (old / name).is_symlink():
                     os.replace(old / name, dest)
             raise
