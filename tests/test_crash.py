@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from prunetune.search import load_study
-
 from _helpers import DONE, cli, retried_from, sqlite_url, subprocess_env
+from prunetune.search import load_study
 
 N_TRIALS = 4
 GRACE = 6  # seconds before a silent trial counts as dead (the shortest the heartbeat allows)

@@ -17,11 +17,10 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from _helpers import PG_URL, TINY_CLI, _postgres_reachable, cli, stop, subprocess_env
 from prunetune._io import atomic_dir, prepare_out
 from prunetune.errors import PrunetuneError
 from prunetune.search import load_study
-
-from _helpers import PG_URL, TINY_CLI, _postgres_reachable, cli, stop, subprocess_env
 
 
 @contextmanager
