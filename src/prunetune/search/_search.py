@@ -155,9 +155,11 @@ class Evaluator:
         cheapest = minimum_config(shape.replace(width_mode="count", blocks=blocks), self.arch)
         low = cost_of(cheapest, self.arch, self.budget.metric, self.latency_model)
         if low > self.budget.limit:
+            cheapest = (f"{low:.3f} ms" if self.budget.metric == "latency" else
+                        f"{low:,.0f} {'MACs' if self.budget.metric == 'macs' else 'params'}")
             raise PrunetuneError(
                 f"budget {self.budget.describe()} is below what any configuration in this search space "
-                f"can reach (the cheapest costs {low:,.3f}); raise the budget or widen the space"
+                f"can reach (the cheapest costs {cheapest}); raise the budget or widen the space"
             )
 
     def scores(self, criterion: str):

@@ -27,6 +27,8 @@ def _sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    if path.startswith("file:"):  # an SQLite URI (with uri=true): file:/abs/path or file:rel/path
+        path = path.removeprefix("file:")
     return None if path in ("", ":memory:") else Path(path)
 
 
@@ -60,6 +62,9 @@ def check_writable(url: str) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise PrunetuneError(f"storage {url!r}: folder {parent} does not exist; create it or pass another --storage")
+    if "mode=ro" in url.partition("?")[2] or "immutable=1" in url.partition("?")[2]:
+        raise PrunetuneError(f"storage {url!r} is opened read-only; a search writes to its study: "
+                             f"drop mode=ro/immutable=1 or pass another --storage")
     if path.exists() and not os.access(path, os.W_OK):
         raise PrunetuneError(f"storage {url!r} is read-only; make {path} writable or pass another --storage")
     if not os.access(parent, os.W_OK | os.X_OK):
