@@ -709,6 +709,9 @@ def test_export_without_a_result_is_one_line(tmp_path, capsys):
     assert_usage_error(code, err, "not made by prunetune search")
     study.set_user_attr("settings", asdict(SearchSettings(storage=url, study="empty")))
     code, _, err = run(["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x")], capsys)
+    assert_usage_error(code, err, "is not finished", "0 of 24 trials finished", "--partial")
+    code, _, err = run(["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x"), "--partial"],
+                       capsys)
     assert_usage_error(code, err, "no completed under-budget trial")
     code, _, err = run(["export", "--storage", url, "--study", "other", "--out", str(tmp_path / "x")], capsys)
     assert_usage_error(code, err, "no study named 'other'", "'empty'")

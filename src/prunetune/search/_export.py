@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -12,12 +13,42 @@ from .._io import atomic_dir
 from ..config import PruningConfig
 from ..errors import PrunetuneError
 from ._search import SearchSettings, best_trial, pareto_front, settings_of
+from ._study import trial_counts
 
-__all__ = ["export"]
+__all__ = ["export", "study_status"]
+
+
+def study_status(study: optuna.Study) -> dict:
+    """How far a study has come: trials finished and running, and the Pareto stage's state.
+
+    ``complete`` holds when the trial total is reached, nothing runs and the Pareto stage
+    has fine-tuned every member it chose.
+    """
+    settings = settings_of(study)
+    done, running = trial_counts(study)
+    stage = study.user_attrs.get("pareto_stage") or {}
+    members = stage.get("members", [])
+    tuned = [n for n in members if study.user_attrs.get(f"final_{n}")]
+    complete = (done >= settings.n_trials and running == 0 and stage.get("state") == "done"
+                and len(tuned) == len(members))
+    return {"finished": done, "running": running, "n_trials": settings.n_trials, "pareto": stage.get("state"),
+            "members": members, "tuned": tuned, "complete": complete}
+
+
+def _incomplete_reason(status: dict) -> str:
+    parts = []
+    if status["finished"] < status["n_trials"] or status["running"]:
+        parts.append(f"{status['finished']} of {status['n_trials']} trials finished, {status['running']} running")
+    if status["pareto"] is None:
+        parts.append("the Pareto stage has not run")
+    elif status["pareto"] != "done" or len(status["tuned"]) < len(status["members"]):
+        parts.append(f"the Pareto stage was interrupted: {len(status['tuned'])} of {len(status['members'])} "
+                     f"front members tuned")
+    return "; ".join(parts)
 
 
 def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: SearchSettings, dest: Path,
-                evaluator=None) -> dict:
+                untuned: bool, evaluator=None) -> dict:
     from .._pruned import CONFIG_FILE, WEIGHTS_FILE, save_pruned
 
     final = study.user_attrs.get(f"final_{t.number}")
@@ -31,7 +62,12 @@ def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: Sear
         shutil.copyfile(art / WEIGHTS_FILE, dest / WEIGHTS_FILE)
         (dest / CONFIG_FILE).write_text(config.to_json())
         info["weights"] = f"fine-tuned for {final['epochs']:g} epochs with distillation (Pareto stage)"
+        info["tuned"] = True
     else:
+        if final and not untuned:
+            raise PrunetuneError(
+                f"the Pareto-stage weights of trial {t.number} are missing ({art / WEIGHTS_FILE}); copy the "
+                f"artifacts folder there, or pass --untuned to export pruned weights without fine-tuning")
         if evaluator is None:
             from ._search import Evaluator
 
@@ -40,39 +76,60 @@ def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: Sear
 
         model = prune(evaluator.base.model, config, scores=evaluator.scores(config.criterion))
         save_pruned(model, dest, config)
-        info["weights"] = "pruned, not fine-tuned (this trial has no Pareto-stage result)"
-    info["reproduce"] = _reproduce(settings, "config.json") if final else None
-    (dest / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        info["final"] = None  # its fine-tuned accuracy belongs to other weights
+        info["weights"] = "pruned, not fine-tuned" + (
+            " (--untuned: its Pareto-stage weights are missing)" if final else " (no Pareto-stage result)")
+        info["tuned"] = False
+    info["reproduce"] = _reproduce(settings, "config.json") if info["tuned"] else None
     return info
 
 
-def _reproduce(s: SearchSettings, config_path: Path) -> str:
+def _reproduce(s: SearchSettings, config_path: str) -> str:
     parts = ["prunetune prune", f"--config {config_path}", "--out DIR"]
     for flag, val in (("--model", s.model), ("--checkpoint", s.checkpoint), ("--data", s.data)):
         if val:
-            parts.append(f"{flag} {val}")
+            parts.append(f"{flag} {shlex.quote(str(val))}")
     parts += [f"--finetune-epochs {s.final_epochs:g}", f"--lr {s.lr:g}", f"--batch-size {s.batch_size}",
               f"--calib-samples {s.calib_samples}", f"--seed {s.seed}"]
     return " ".join(parts)
 
 
-def export(study: optuna.Study, out: str | Path, whole_front: bool = False, evaluator=None) -> list[dict]:
+def export(study: optuna.Study, out: str | Path, whole_front: bool = False, evaluator=None,
+           partial: bool = False, untuned: bool = False) -> list[dict]:
     """Writes the best under-budget trial (and with ``whole_front`` every front member) to ``out``.
 
     ``out/config.json`` + ``out/model.safetensors`` + ``out/export.json`` for the best; with
     ``whole_front``, also ``out/front/trial_<n>/`` for each member. Atomic: all or nothing.
+
+    Args:
+        partial: Export a study that is still running or was interrupted (labelled so in
+            ``export.json``); refused otherwise.
+        untuned: Export pruned, untuned weights for a member whose Pareto-stage weights are
+            missing (labelled); refused otherwise.
     """
     settings = settings_of(study)
+    status = study_status(study)
+    if not status["complete"] and not partial:
+        raise PrunetuneError(
+            f"study {study.study_name!r} is not finished ({_incomplete_reason(status)}); run the same "
+            f"`prunetune search` again to finish it, or pass --partial to export what is there")
     best, _ = best_trial(study)
     if best is None:
         raise PrunetuneError(f"study {study.study_name!r} has no completed under-budget trial to export yet")
     out = Path(out)
     infos = []
     with atomic_dir(out) as tmp:
-        infos.append(_export_one(study, best, settings, tmp, evaluator))
+        members = [(best, tmp)]
         if whole_front:
-            for t in pareto_front(study):
-                d = tmp / "front" / f"trial_{t.number}"
-                d.mkdir(parents=True)
-                infos.append(_export_one(study, t, settings, d, evaluator))
+            members += [(t, tmp / "front" / f"trial_{t.number}") for t in pareto_front(study)]
+        for t, dest in members:
+            dest.mkdir(parents=True, exist_ok=True)
+            info = _export_one(study, t, settings, dest, untuned, evaluator)
+            if not status["complete"]:
+                info["partial"] = (f"exported from an unfinished study: {_incomplete_reason(status)}")
+            if info["reproduce"]:
+                info["reproduce"] = info["reproduce"].replace(
+                    "--config config.json", f"--config {shlex.quote(str((out / dest.relative_to(tmp) / 'config.json').resolve()))}")
+            (dest / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+            infos.append(info)
     return infos

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ from ..spaces import SearchSpace, load_space
 from ._budget import Budget, cost_of, minimum_config, parse_budget, repair
 from ._study import (
     DEFAULT_STORAGE,
-    DEFAULT_STUDY,
     StudyLock,
+    _sqlite_path,
     _storage_error,
     check_writable,
+    default_study_name,
     find_study,
     make_sampler,
     open_study,
@@ -54,7 +55,7 @@ class SearchSettings:
     sampler: str = "nsga2"
     seed: int = 0
     storage: str = DEFAULT_STORAGE
-    study: str = DEFAULT_STUDY
+    study: str | None = None
     device: str | None = None
     calib_samples: int = 256
     batch_size: int = 64
@@ -88,6 +89,8 @@ class SearchSettings:
                 raise bad(rule, name)
         if self.grace_period is not None and (not isinstance(self.grace_period, int) or self.grace_period < 1):
             raise bad("grace_period >= 1 (seconds)", "grace_period")
+        if self.study is not None and (not isinstance(self.study, str) or not self.study.strip()):
+            raise bad("study is a non-empty name", "study")
         for name in ("model", "checkpoint", "data", "data_root", "space", "artifacts", "device"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
@@ -105,6 +108,27 @@ class SearchSettings:
             return Path(self.storage.removeprefix("sqlite:///")).parent / "prunetune-artifacts" / self.study
         return Path("prunetune-artifacts") / self.study
 
+    def resolved(self) -> SearchSettings:
+        """The same settings with the study named and every location absolute.
+
+        Stored with the study, so ``export``, ``report``, ``dashboard`` and the ``reproduce``
+        command work from any folder; a relative path that names nothing stays as given (a
+        timm model name, a torchvision data set name).
+        """
+        def absolute(v: str | None) -> str | None:
+            if v is None or not Path(v).expanduser().exists():
+                return v
+            return str(Path(v).expanduser().resolve())
+
+        storage = self.storage
+        path = _sqlite_path(storage)
+        if path is not None and not path.is_absolute() and not storage.startswith("sqlite:///file:"):
+            storage = "sqlite:///" + str(path.resolve()) + ("?" + storage.partition("?")[2] if "?" in storage else "")
+        out = replace(self, storage=storage, study=self.study or default_study_name(self.budget),
+                      model=absolute(self.model), checkpoint=absolute(self.checkpoint), data=absolute(self.data),
+                      data_root=absolute(self.data_root), space=absolute(self.space))
+        return replace(out, artifacts=str(out.artifacts_dir().expanduser().resolve()))
+
 
 @dataclass
 class SearchResult:
@@ -116,6 +140,9 @@ class SearchResult:
     best_trial: optuna.trial.FrozenTrial | None
     finals: dict[int, dict] = field(default_factory=dict)
     budget: Budget | None = None
+    settings: SearchSettings | None = None
+    #: numbers of the trials this process ran (None with the Ray backend)
+    ran: list[int] | None = None
 
 
 class Evaluator:
@@ -286,6 +313,8 @@ def run_pareto_stage(study: optuna.Study, ev: Evaluator, progress: bool = True) 
     front = _pick(pareto_front(study), ev.s.front_max)
     finals: dict[int, dict] = {}
     art = ev.s.artifacts_dir()
+    members = [t.number for t in front]
+    study.set_user_attr("pareto_stage", {"state": "running", "members": members})
     for t in tqdm(front, desc="Pareto stage (fine-tune)", unit="model", disable=not progress):
         key = f"final_{t.number}"
         if key in study.user_attrs and (art / f"trial_{t.number}" / "model.safetensors").is_file():
@@ -305,6 +334,7 @@ def run_pareto_stage(study: optuna.Study, ev: Evaluator, progress: bool = True) 
         fault_point("pareto")
         study.set_user_attr(key, res)
         finals[t.number] = res
+    study.set_user_attr("pareto_stage", {"state": "done", "members": members})
     if finals:
         rows = list(finals.values())
         final = [r["val_accuracy"] for r in rows]
@@ -348,7 +378,7 @@ class _Progress:
 
 
 def run_trials(study: optuna.Study, objective, settings: SearchSettings, progress: bool = True,
-               poll: float = 2.0) -> None:
+               poll: float = 2.0) -> list[int]:
     """Runs trials in this process until the study holds ``settings.n_trials`` finished ones.
 
     ``n_trials`` is a study total shared by every worker: under the study's lock a worker
@@ -358,9 +388,11 @@ def run_trials(study: optuna.Study, objective, settings: SearchSettings, progres
     """
     lock = StudyLock(settings.storage, settings.study)
     bar = _Progress(study, settings.n_trials, progress)
+    ran: list[int] = []
 
     def locked_objective(trial: optuna.Trial):
         lock.release()  # the trial exists now: others may count it as running
+        ran.append(trial.number)
         return objective(trial)
 
     try:
@@ -372,7 +404,7 @@ def run_trials(study: optuna.Study, objective, settings: SearchSettings, progres
                     optuna.storages.fail_stale_trials(study)
                 done, running = trial_counts(study)
                 if done >= settings.n_trials or (done + running >= settings.n_trials and not settings.run_final):
-                    return
+                    return ran
                 if done + running >= settings.n_trials:
                     bar.waiting(running)
                     lock.release()
@@ -422,6 +454,7 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
         raise TypeError(f"unknown search settings {sorted(unknown)}")
     settings = SearchSettings(budget=budget, **kwargs)
     settings.validate()
+    settings = settings.resolved()
     parse_budget(settings.budget)  # malformed budgets fail before anything loads
     if backend not in ("optuna", "ray"):
         raise PrunetuneError(f"unknown backend {backend!r}; choose optuna or ray")
@@ -459,17 +492,18 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
             study.set_metric_names(["accuracy", "latency_ms" if ev.budget.metric == "latency" else "macs"])
     except optuna.exceptions.StorageInternalError as e:
         raise _storage_error(settings.storage, e, "write to") from None
+    ran = None
     if backend == "ray":
         from ._ray import run_ray
 
         run_ray(study, ev, settings, workers=workers, address=address, progress=progress)
     else:
-        run_trials(study, ev.objective, settings, progress)
+        ran = run_trials(study, ev.objective, settings, progress)
     finals = run_pareto_stage(study, ev, progress) if settings.run_final else {}
     best, _ = best_trial(study)
     front = pareto_front(study)
     return SearchResult(study, front, PruningConfig.from_dict(best.user_attrs["config"]) if best else None,
-                        best, finals, ev.budget)
+                        best, finals, ev.budget, settings, ran)
 
 
 def settings_of(study: optuna.Study) -> SearchSettings:

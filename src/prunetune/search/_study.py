@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_STORAGE", "DEFAULT_STUDY", "make_storage", "open_study", "lo
            "SAMPLERS", "StudyLock", "trial_counts", "check_writable"]
 
 DEFAULT_STORAGE = "sqlite:///prunetune.db"
-DEFAULT_STUDY = "prunetune"
+DEFAULT_STUDY = "prunetune"  # prefix: the default name carries the budget (default_study_name)
 SAMPLERS = ("nsga2", "tpe", "random")
 #: Seconds between heartbeats of a running trial, and after which a silent one counts as dead.
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 5, 20
@@ -299,9 +299,25 @@ def find_study(storage: str, study_name: str) -> optuna.Study | None:
         return None
 
 
-def load_study(storage: str, study_name: str) -> optuna.Study:
-    """An existing study (for export, report, dashboard); never creates a storage or a study."""
+def default_study_name(budget: str) -> str:
+    """``flops=50%`` -> ``prunetune-flops50``: one default study per budget in one storage."""
+    import re
+
+    return f"{DEFAULT_STUDY}-" + re.sub(r"[^A-Za-z0-9.]+", "", str(budget).replace("=", ""))
+
+
+def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
+    """An existing study (for export, report, dashboard); never creates a storage or a study.
+
+    Without a name, the storage must hold exactly one study.
+    """
     st = make_storage(storage, heartbeat=False, must_exist=True)
+    if study_name is None:
+        names = optuna.get_all_study_names(st)
+        if len(names) != 1:
+            raise PrunetuneError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                                 f"pass --study NAME")
+        study_name = names[0]
     try:
         return optuna.load_study(study_name=study_name, storage=st)
     except KeyError:
