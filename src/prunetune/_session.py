@@ -26,6 +26,8 @@ def resolve_device(device: str | None = None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise PrunetuneError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise PrunetuneError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PrunetuneError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     return dev

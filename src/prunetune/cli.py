@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ._io import prepare_out
 from .errors import PrunetuneError
 
 EXIT_USAGE = 2
+#: the shortest heartbeat grace period: one more second than the 5 s heartbeat interval
+HEARTBEAT_GRACE_MIN = 6
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +43,8 @@ def _add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--data", help="ImageFolder directory with train/ and val/, or a torchvision data set name")
         p.add_argument("--download", action="store_true", help="allow downloading a torchvision data set")
         p.add_argument("--data-root", help="where torchvision data sets live")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", type=_device,
+                   help="auto (CUDA if available), cpu, cuda, cuda:N")
 
 
 def _spec_for(args, config=None):
@@ -49,9 +55,11 @@ def _spec_for(args, config=None):
     if args.model is not None:
         given = resolve_model_spec(args.model)
         if given != config.model:
+            made, asked = (f"{s.name} {s.kwargs}" if s.kwargs else s.name
+                           for s in (config.model, given))
             raise PrunetuneError(
-                f"the config was made for model {config.model.name} {config.model.kwargs or ''} "
-                f"but --model is {given.name}; drop --model or use a config for it"
+                f"the config was made for model {made} but --model is {asked}; "
+                f"drop --model or use a config for it"
             )
     return config.model
 
@@ -162,7 +170,9 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     from .search import DEFAULT_STORAGE, DEFAULT_STUDY
 
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL of the study storage (default {DEFAULT_STORAGE})")
-    p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
+    p.add_argument("--study", default=None,
+                   help=f"study name (default: {DEFAULT_STUDY}-<budget> for search, e.g. {DEFAULT_STUDY}-flops50; "
+                        f"the storage's only study for the other commands)")
 
 
 def cmd_search(args) -> int:
@@ -170,12 +180,10 @@ def cmd_search(args) -> int:
     from .search._budget import parse_budget
 
     parse_budget(args.budget)
-    if args.n_trials < 1:
-        raise PrunetuneError(f"--n-trials must be >= 1, got {args.n_trials}")
-    if args.workers < 1:
-        raise PrunetuneError(f"--workers must be >= 1, got {args.workers}")
-    if not 0 < args.tier_b_fraction <= 1:
-        raise PrunetuneError(f"--tier-b-fraction must be in (0, 1], got {args.tier_b_fraction}")
+    if args.backend != "ray" and (args.workers != 1 or args.address is not None):
+        flag = "--workers" if args.workers != 1 else "--address"
+        raise PrunetuneError(f"{flag} needs --backend ray; several in-process workers are several `prunetune "
+                             f"search` processes on one shared --storage")
     res = search(
         args.budget, progress=not args.quiet, backend=args.backend, workers=args.workers, address=args.address,
         model=args.model, checkpoint=args.checkpoint, data=args.data, download=args.download,
@@ -184,13 +192,14 @@ def cmd_search(args) -> int:
         batch_size=args.batch_size, tier_b_fraction=args.tier_b_fraction, tier_b_steps=args.tier_b_steps,
         lr=args.lr, final_epochs=args.final_epochs, front_max=args.front_max, run_final=not args.no_final,
         artifacts=args.artifacts, latency_batch=args.latency_batch, measure_latency=args.measure_latency,
+        grace_period=args.grace_period,
     )
     study = res.study
     dense = study.user_attrs["dense"]
     states = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    print(f"study {study.study_name} in {args.storage}: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())))
+    print(f"study {study.study_name} in {res.settings.storage}: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())))
     print(f"budget {res.budget.describe()}; dense {dense['macs'] / 1e6:.3f} MMACs, val acc {100 * dense['val_accuracy']:.2f} %")
     lt = study.user_attrs.get("latency_table")
     if lt:
@@ -204,9 +213,13 @@ def cmd_search(args) -> int:
                      f"{100 * f['val_accuracy']:.2f}" if f else "-",
                      f"{100 * f['test_accuracy']:.2f}" if f.get("test_accuracy") is not None else "-"])
     print(_table(rows, ["trial", "MMACs", "x dense", "tier a acc %", "tier b acc %", "final val %", "final test %"]))
-    if res.best_trial is not None:
-        print(f"best under budget: trial {res.best_trial.number}; export it with "
-              f"`prunetune export --storage {args.storage} --study {args.study} --out DIR`")
+    where = f"--storage {shlex.quote(res.settings.storage)} --study {shlex.quote(study.study_name)}"
+    if args.no_final:
+        ran = f"ran {len(res.ran)} of" if res.ran is not None else "took part in"
+        print(f"this worker {ran} the study's {res.settings.n_trials} trials; the Pareto stage and the export "
+              f"belong to the worker without --no-final (`prunetune export {where} --out DIR` once it is done)")
+    elif res.best_trial is not None:
+        print(f"best under budget: trial {res.best_trial.number}; export it with `prunetune export {where} --out DIR`")
     return 0
 
 
@@ -215,11 +228,18 @@ def cmd_export(args) -> int:
     from .search._export import export
 
     out = prepare_out(args.out, args.overwrite)
-    infos = export(load_study(args.storage, args.study), out, whole_front=args.front)
+    infos = export(load_study(args.storage, args.study), out, whole_front=args.front, partial=args.partial,
+                   untuned=args.untuned)
     best = infos[0]
-    acc = (f"final val accuracy {100 * best['final']['val_accuracy']:.2f} %" if best["final"]
-           else f"tier b accuracy {100 * best['tier_b_accuracy']:.2f} % (no Pareto-stage result)")
+    f = best["final"]
+    if f:
+        acc = f"final val accuracy {100 * f['val_accuracy']:.2f} %, " + (
+            f"test {100 * f['test_accuracy']:.2f} %" if f.get("test_accuracy") is not None else "no test split")
+    else:
+        acc = f"tier b accuracy {100 * best['tier_b_accuracy']:.2f} %; weights {best['weights']}"
     print(f"exported trial {best['trial']}: {best['macs'] / 1e6:.3f} MMACs ({best['flops'] / 1e6:.3f} MFLOPs), {acc}")
+    if best.get("partial"):
+        print(f"partial: {best['partial']}")
     print(f"wrote {out}/config.json, {out}/model.safetensors, {out}/export.json"
           + (f" and {len(infos) - 1} front members under {out}/front/" if args.front else ""))
     if best.get("reproduce"):
@@ -231,7 +251,13 @@ def cmd_report(args) -> int:
     from .search import load_study
     from .search._report import write_report
 
-    out = write_report(load_study(args.storage, args.study), args.out)
+    from .search._search import settings_of
+
+    if not str(args.out).strip():
+        raise PrunetuneError("--out is empty; name the report folder, e.g. --out prunetune-report")
+    study = load_study(args.storage, args.study)
+    settings_of(study)  # a study prunetune did not make has nothing to report
+    out = write_report(study, args.out)
     print(f"wrote {out}/pareto.png, {out}/pareto.html and {out}/report.md")
     return 0
 
@@ -242,17 +268,127 @@ def cmd_dashboard(args) -> int:
     from .search import load_study
     from .search._study import make_storage
 
+    _check_bindable(args.host, args.port)  # a busy port fails before the storage is opened
     load_study(args.storage, args.study)  # fail early with a clear message
     print(f"optuna-dashboard for study {args.study} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    run_server(make_storage(args.storage, heartbeat=False), host=args.host, port=args.port)
+    try:
+        run_server(make_storage(args.storage, heartbeat=False), host=args.host, port=args.port)
+    except OSError as e:  # the port was taken between the check and the start
+        raise PrunetuneError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+                             "pass another --port") from None
     return 0
 
 
 def cmd_train_default(args) -> int:
-    from .default.train import main as train_main
+    from .default.train import train
 
-    train_main(["--epochs", str(args.epochs), "--seed", str(args.seed)] + (["--out", args.out] if args.out else []))
+    m = train(args.epochs, seed=args.seed, out=args.out)  # checks --out before training
+    print(f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
+          f"({m['train_seconds']} s); wrote {m['weights']}")
     return 0
+
+
+# --- argparse value types: a bad number is a one-line usage error before any work -------------
+
+_INT_WORDS = {0: "an integer >= 0", 1: "an integer >= 1"}
+#: Largest seed every random generator in use accepts (NumPy's legacy seeding).
+MAX_SEED = 2**32 - 1
+
+
+def _int_type(low: int, high: int | None = None, name: str = "int") -> Callable[[str], int]:
+    """An argparse ``type`` that accepts integers in ``[low, high]``."""
+    want = (_INT_WORDS.get(low, f"an integer >= {low}") if high is None
+            else f"an integer in {low}..{high}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _float_type(low: float, high: float | None = None, low_open: bool = False,
+                name: str = "float") -> Callable[[str], float]:
+    """An argparse ``type`` that accepts finite floats above ``low`` (or at it) up to ``high``."""
+    lo = f"> {low:g}" if low_open else f">= {low:g}"
+    want = (f"a number {lo}" if high is None
+            else f"a number in {'(' if low_open else '['}{low:g}, {high:g}]")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or (
+                high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+_positive_int = _int_type(1, name="positive_int")
+_nonneg_int = _int_type(0, name="nonneg_int")
+_seed = _int_type(0, MAX_SEED, name="seed")
+_port = _int_type(1, 65535, name="port")
+_positive_float = _float_type(0.0, low_open=True, name="positive_float")
+_nonneg_float = _float_type(0.0, name="nonneg_float")
+_fraction = _float_type(0.0, 1.0, low_open=True, name="fraction")
+
+
+def _device(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (availability is checked when the model loads)."""
+    kind, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, but got {text!r}")
+
+
+def _folder(text: str) -> str:
+    """A folder to write into later (``--artifacts``): not a file and not under a file."""
+    path = Path(text)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"lies under {p}, which is a file"
+                raise argparse.ArgumentTypeError(f"{text} {where}; pass a folder")
+            break
+    return text
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Raises PrunetuneError unless a server can listen on ``host:port`` (checked by binding)."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise PrunetuneError(f"--host {host!r} is not a known address ({e}); use e.g. 127.0.0.1 or "
+                             "0.0.0.0") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the dashboard's server does
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise PrunetuneError(f"port {port} on {host} is already in use; stop what listens "
+                                     "there or pass another --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise PrunetuneError(f"--host {host} is not an address of this machine; use e.g. "
+                                     "127.0.0.1 or 0.0.0.0") from None
+            if e.errno == errno.EACCES:
+                raise PrunetuneError(f"port {port} needs privileges to listen on; pass a --port "
+                                     "of 1024 or above") from None
+            raise PrunetuneError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass "
+                                 "another --host or --port") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,23 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_model_args(s)
-    s.add_argument("--calib-samples", type=int, default=256, help="images for data-driven criteria")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--latency-batch", type=int, default=64)
-    s.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: torch's)")
+    s.add_argument("--calib-samples", type=_positive_int, default=256,
+                   help="images for data-driven criteria")
+    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--latency-batch", type=_positive_int, default=64)
+    s.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for latency (default: torch's)")
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    s.add_argument("--finetune-epochs", type=float, default=0.0,
+    s.add_argument("--finetune-epochs", type=_nonneg_float, default=0.0,
                    help="recovery fine-tuning with distillation from the dense model (default 0: none)")
-    s.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lr", type=_positive_float, default=5e-4, help="fine-tuning learning rate")
+    s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("saliency", help="per-block saliency table of one criterion")
     s.add_argument("--criterion", required=True, help=f"one of {', '.join(list_saliencies())}")
     _add_model_args(s)
-    s.add_argument("--calib-samples", type=int, default=256)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--calib-samples", type=_positive_int, default=256)
+    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_saliency)
 
     s = sub.add_parser("search", help="budgeted multi-objective search for a pruning configuration")
@@ -295,22 +433,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     _study_args(s)
     s.add_argument("--space", default="hybrid", help="preset (structured, tokens, hybrid) or a YAML file")
-    s.add_argument("--n-trials", type=int, default=24, help="completed + pruned trials in the study (default 24)")
+    s.add_argument("--n-trials", type=_positive_int, default=24,
+                   help="completed + pruned trials in the study (default 24)")
     s.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
-    s.add_argument("--workers", type=int, default=1, help="concurrent trials with --backend ray")
+    s.add_argument("--workers", type=_positive_int, default=1,
+                   help="concurrent trials with --backend ray")
     s.add_argument("--address", help="address of an existing Ray cluster (--backend ray)")
-    s.add_argument("--calib-samples", type=int, default=256)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--tier-b-fraction", type=float, default=0.5, help="fraction of tier-a scores that go on to tier b")
-    s.add_argument("--tier-b-steps", type=int, default=100, help="distillation steps of the tier-b proxy")
-    s.add_argument("--lr", type=float, default=5e-4)
-    s.add_argument("--final-epochs", type=float, default=8.0, help="fine-tuning epochs of the Pareto stage")
-    s.add_argument("--front-max", type=int, default=4, help="front members fine-tuned in the Pareto stage")
+    s.add_argument("--calib-samples", type=_positive_int, default=256)
+    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--tier-b-fraction", type=_fraction, default=0.5,
+                   help="fraction of tier-a scores that go on to tier b")
+    s.add_argument("--tier-b-steps", type=_nonneg_int, default=100,
+                   help="distillation steps of the tier-b proxy")
+    s.add_argument("--lr", type=_positive_float, default=5e-4)
+    s.add_argument("--final-epochs", type=_nonneg_float, default=8.0,
+                   help="fine-tuning epochs of the Pareto stage")
+    s.add_argument("--grace-period", type=_int_type(HEARTBEAT_GRACE_MIN, name="seconds"), default=None,
+                   help="seconds without a heartbeat after which a running trial counts as dead and is "
+                        "retried (default 20)")
+    s.add_argument("--front-max", type=_positive_int, default=4,
+                   help="front members fine-tuned in the Pareto stage")
     s.add_argument("--no-final", action="store_true", help="skip the Pareto stage (extra workers on a shared study)")
-    s.add_argument("--artifacts", help="where Pareto-stage weights go (default: beside the SQLite file)")
-    s.add_argument("--latency-batch", type=int, default=64, help="batch size of latency budgets and measurements")
+    s.add_argument("--artifacts", type=_folder,
+                   help="where Pareto-stage weights go (default: beside the SQLite file)")
+    s.add_argument("--latency-batch", type=_positive_int, default=64,
+                   help="batch size of latency budgets and measurements")
     s.add_argument("--measure-latency", action="store_true", help="also measure each candidate's latency")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_search)
@@ -320,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--front", action="store_true", help="also export every Pareto-front member")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--partial", action="store_true",
+                   help="export a study that is still running or was interrupted (labelled partial)")
+    s.add_argument("--untuned", action="store_true",
+                   help="export pruned, untuned weights where the Pareto-stage weights are missing (labelled)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("report", help="Pareto plot (PNG, HTML) and Markdown table of a study")
@@ -331,12 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dashboard", help="optuna-dashboard on a study")
     _study_args(s)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default localhost only)")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=_port, default=8080)
     s.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("train-default", help="retrain the embedded digits_vit default")
-    s.add_argument("--epochs", type=int, default=120)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=_positive_int, default=120)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--out", help="folder (default: inside the installed package)")
     s.set_defaults(func=cmd_train_default)
     return p

@@ -259,7 +259,9 @@ class PruningConfig:
             raise ConfigError(f"a pruning config must be a mapping, but got {type(d).__name__}")
         unknown = set(d) - _TOP_KEYS
         if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+            raise ConfigError(
+                f"unknown config keys {sorted(unknown, key=str)}; allowed: {sorted(_TOP_KEYS)}"
+            )
         for key in ("model", "blocks"):
             if key not in d:
                 raise ConfigError(f"config is missing the required key {key!r}")
@@ -282,18 +284,20 @@ class PruningConfig:
     @classmethod
     def from_json(cls, text: str) -> PruningConfig:
         try:
-            return cls.from_dict(json.loads(text))
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"malformed JSON: {e}") from None
+        return cls.from_dict(data)
 
     @classmethod
     def from_yaml(cls, text: str) -> PruningConfig:
         import yaml
 
         try:
-            return cls.from_dict(yaml.safe_load(text))
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"malformed YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"malformed YAML: {_yaml_problem(e)}") from None
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -304,7 +308,13 @@ class PruningConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> PruningConfig:
-        return cls.from_dict(_read_mapping(Path(path), what="config"))
+        """Reads a JSON or YAML config file; errors name the file."""
+        path = Path(path)
+        data = _read_mapping(path, what="config")
+        try:
+            return cls.from_dict(data)
+        except PrunetuneError as e:
+            raise type(e)(f"config file {path}: {e}") from None
 
 
 def _block_from_obj(obj: Any, i: int) -> BlockConfig:
@@ -312,7 +322,9 @@ def _block_from_obj(obj: Any, i: int) -> BlockConfig:
         raise ConfigError(f"block {i} must be a mapping, but got {obj!r}")
     unknown = set(obj) - _BLOCK_KEYS
     if unknown:
-        raise ConfigError(f"unknown keys {sorted(unknown)} in block {i}; allowed: {sorted(_BLOCK_KEYS)}")
+        raise ConfigError(
+            f"unknown keys {sorted(unknown, key=str)} in block {i}; allowed: {sorted(_BLOCK_KEYS)}"
+        )
     try:
         return BlockConfig(**obj)
     except ConfigError as e:
@@ -327,18 +339,55 @@ def _count_at_threshold(scores, threshold: float) -> int:
     return max(1, int((s / top >= threshold).sum().item()))
 
 
-def _read_mapping(path: Path, what: str) -> Any:
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """Reads a JSON (or, by suffix, YAML) file that must hold a mapping.
+
+    Raises:
+        ConfigError: The file is missing, a directory, unreadable, not UTF-8 text, empty,
+            malformed, or holds something other than a mapping. The message names the file.
+    """
+    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+    if path.is_dir():
+        raise ConfigError(f"{what} file {path} is a directory; pass a JSON or YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} file {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text (byte {e.start} cannot be "
+                          f"decoded); pass a {kind} file") from None
+    except OSError as e:
+        raise ConfigError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
+    if not text.strip():
+        raise ConfigError(f"{what} file {path} is empty; it must hold a {kind} mapping")
+    if kind == "YAML":
         import yaml
 
         try:
-            return yaml.safe_load(text)
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{what} file {path} is malformed YAML: {str(e).splitlines()[0]}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{what} file {path} is malformed JSON: {e}") from None
+            raise ConfigError(f"{what} file {path} is malformed YAML: {_yaml_problem(e)}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{what} file {path} is malformed JSON: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{what} file {path} is nested too deeply to read") from None
+    if not isinstance(data, dict):
+        got = "null" if data is None else type(data).__name__
+        shape = "JSON object" if kind == "JSON" else "YAML mapping"
+        raise ConfigError(f"{what} file {path} must hold a mapping ({shape}), but holds a {got}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{what} file {path} must have text keys, but has the key {bad[0]!r}")
+    return data
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line for a YAML error: the problem and where it is."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())[:200]

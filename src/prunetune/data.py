@@ -96,13 +96,36 @@ def load_data(
         if in_chans != 1:
             raise DataError(f"the digits data set is grayscale but the model expects {in_chans} channels; pass --data")
         return digits_splits(img_size)
+    if not isinstance(data, str) or not data.strip():
+        raise DataError(f"--data must name a directory or a torchvision data set, but got {data!r}")
     tf = _image_transform(img_size, in_chans, mean, std)
     path = Path(data)
     if path.is_dir():
         return _image_folder(path, tf)
+    if path.exists():
+        raise DataError(
+            f"--data {data} is a file; pass an ImageFolder directory holding train/ and val/"
+        )
     if "/" in data or path.suffix:
         raise DataError(f"data directory {data} does not exist")
     return _torchvision(data, tf, download, Path(root or Path.home() / ".cache/prunetune/data"))
+
+
+def _read_image(path: str):
+    """ImageFolder's loader, with a one-line :class:`DataError` naming an unreadable file.
+
+    Images are read lazily (when a batch needs them), so a corrupt file surfaces here.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except UnidentifiedImageError:
+        msg = "not an image format PIL recognises"
+    except Exception as e:  # corrupt or truncated images raise many different types
+        msg = " ".join(str(e).split())[:200] or type(e).__name__
+    raise DataError(f"cannot read image {path}: {msg}; remove or fix it")
 
 
 def _image_folder(path: Path, tf) -> DataSplits:
@@ -115,11 +138,18 @@ def _image_folder(path: Path, tf) -> DataSplits:
     for split in ("train", "val"):
         d = path / split
         try:
-            splits[split] = ImageFolder(str(d), transform=tf)
+            splits[split] = ImageFolder(str(d), transform=tf, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as e:
             raise DataError(f"data directory {d} holds no images: {str(e).splitlines()[0]}") from None
+        except OSError as e:
+            raise DataError(f"data directory {d} cannot be read ({e.strerror or e})") from None
     if splits["train"].classes != splits["val"].classes:
-        raise DataError(f"train/ and val/ in {path} have different class folders")
+        only_train = sorted(set(splits["train"].classes) - set(splits["val"].classes))
+        only_val = sorted(set(splits["val"].classes) - set(splits["train"].classes))
+        raise DataError(
+            f"train/ and val/ in {path} must have the same class folders, but train/ alone has "
+            f"{only_train[:3]} and val/ alone has {only_val[:3]}"
+        )
     return DataSplits(splits["train"], splits["val"], None, len(splits["train"].classes), str(path))
 
 
@@ -152,6 +182,9 @@ def calibration_batches(ds: Dataset, num_samples: int, batch_size: int, seed: in
     """A fixed random subset of ``ds`` as a list of (x, y) batches (for saliency, proxies)."""
     if len(ds) == 0:
         raise DataError("the calibration data set is empty")
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"`{name} >= 1` must hold (an integer), but got {name}={value!r}")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[: min(num_samples, len(ds))].tolist()
     return [batch for batch in make_loader(Subset(ds, idx), batch_size)]

@@ -8,6 +8,9 @@ model is always *spec + config + weights*: we never pickle modules.
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,11 @@ class ModelSpec:
             raise UnsupportedModelError(f"model name must be a non-empty string, but got {self.name!r}")
         if not isinstance(self.kwargs, dict):
             raise UnsupportedModelError(f"model kwargs must be a mapping, but got {self.kwargs!r}")
+        bad = [k for k in self.kwargs if not isinstance(k, str)]
+        if bad:
+            raise UnsupportedModelError(
+                f"model kwargs must have text keys, but got the key {bad[0]!r}"
+            )
         if self.name in (DEFAULT_MODEL, CUSTOM):
             return
         if not self.name.startswith(SUPPORTED_FAMILIES):
@@ -95,9 +103,13 @@ class ModelSpec:
             unknown = set(obj) - {"name", "kwargs"}
             if unknown or "name" not in obj:
                 raise UnsupportedModelError(
-                    f"model must be a name or {{'name', 'kwargs'}}, but got keys {sorted(obj)}"
+                    f"model must be a name or {{'name', 'kwargs'}}, "
+                    f"but got keys {sorted(obj, key=str)}"
                 )
-            return cls(obj["name"], dict(obj.get("kwargs") or {}))
+            kwargs = obj.get("kwargs") or {}
+            if not isinstance(kwargs, dict):
+                raise UnsupportedModelError(f"model kwargs must be a mapping, but got {kwargs!r}")
+            return cls(obj["name"], dict(kwargs))
         raise UnsupportedModelError(f"model must be a name or a mapping, but got {obj!r}")
 
     def __hash__(self) -> int:
@@ -109,31 +121,34 @@ def resolve_model_spec(model: str | None) -> ModelSpec:
     if model is None:
         return ModelSpec(DEFAULT_MODEL)
     path = Path(model)
-    if path.suffix.lower() in (".json", ".yaml", ".yml"):
-        if not path.is_file():
+    if model.strip() and (path.suffix.lower() in (".json", ".yaml", ".yml") or path.is_dir()):
+        if not path.exists():
             raise UnsupportedModelError(f"model file {model} does not exist")
         from .config import _read_mapping
 
-        return ModelSpec.from_obj(_read_mapping(path, what="model file"))
+        try:
+            return ModelSpec.from_obj(_read_mapping(path, what="model"))
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"model file {model}: {e}") from None
     return ModelSpec(model)
 
 
 def build_model(spec: ModelSpec | str, device: str | torch.device | None = None) -> VisionTransformer:
     """Builds the base model with random init (never downloads weights) and checks support."""
     spec = ModelSpec.from_obj(spec)
-    if spec.name == DEFAULT_MODEL:
-        kwargs = {**DIGITS_VIT_KWARGS, **spec.kwargs}
-        model = VisionTransformer(**kwargs)
-    elif spec.name == CUSTOM:
-        try:
+    try:
+        if spec.name == DEFAULT_MODEL:
+            model = VisionTransformer(**{**DIGITS_VIT_KWARGS, **spec.kwargs})
+        elif spec.name == CUSTOM:
             model = VisionTransformer(**spec.kwargs)
-        except (TypeError, AssertionError, ValueError) as e:
-            raise UnsupportedModelError(f"cannot build vit_custom from {spec.kwargs}: {e}") from None
-    else:
-        try:
+        else:
             model = timm.create_model(spec.name, pretrained=False, **spec.kwargs)
-        except (TypeError, AssertionError, ValueError) as e:
-            raise UnsupportedModelError(f"cannot build {spec.name} with {spec.kwargs}: {e}") from None
+    except Exception as e:  # bad kwargs fail deep inside timm with many types
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise UnsupportedModelError(
+            f"cannot build {spec.name} with kwargs {spec.kwargs}: {msg[:200]}; "
+            "fix the model's kwargs"
+        ) from None
     check_supported(model)
     if device is not None:
         model = model.to(device)
@@ -149,6 +164,10 @@ def check_supported(model: nn.Module) -> None:
         )
     if getattr(model, "attn_pool", None) is not None:
         raise UnsupportedModelError("attention-pool heads (global_pool='map') are not supported")
+    if len(model.blocks) == 0:
+        raise UnsupportedModelError(
+            "the model has no transformer blocks (depth=0); nothing to prune"
+        )
     for i, blk in enumerate(model.blocks):
         if not isinstance(blk, Block):
             raise UnsupportedModelError(
@@ -253,27 +272,82 @@ class ViTArch:
 _ARCH_CACHE: dict[ModelSpec, ViTArch] = {}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RESAVE = ("re-save it with torch.save(model.state_dict(), path) or as .safetensors "
+           "(safetensors.torch.save_file)")
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """A reader's error as one short line, without terminal colour codes."""
+    if isinstance(e, (KeyError, EOFError, pickle.UnpicklingError)):
+        return "unrecognised contents"  # torch's own messages here are a bare byte or opcode
+    msg = " ".join(_ANSI.sub("", str(e)).split()) or type(e).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3].rsplit(" ", 1)[0] + "..."
+
+
+def _torch_load_error(path: Path, e: BaseException) -> CheckpointError:
+    """A one-line error for a file ``torch.load(weights_only=True)`` refused or could not read."""
+    text = _ANSI.sub("", str(e))
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" (it holds {found.group(1)})" if found else ""
+        return CheckpointError(
+            f"checkpoint {path} could not be read without pickle{what}, which prunetune refuses "
+            f"(torch.load weights_only=True); {_RESAVE}"
+        )
+    return CheckpointError(
+        f"checkpoint {path} could not be read as a torch file ({_one_line(e)}); pass a "
+        f".safetensors file or a .pth saved with torch.save(model.state_dict(), path)"
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Reads a safetensors or torch (``weights_only``) file into a flat state dict."""
+    """Reads a safetensors or torch (``weights_only``) file into a flat state dict.
+
+    Raises:
+        CheckpointError: The file is missing, a directory, empty, corrupt, needs pickle, or
+            does not hold a mapping of names to tensors. The message is one line.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; pass a .safetensors or .pth file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty; pass a .safetensors or .pth file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt files raise many different types
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} could not be read ({msg[:160]})") from None
+        except Exception as e:  # corrupt files raise many different types
+            raise CheckpointError(
+                f"checkpoint {path} could not be read as safetensors ({_one_line(e)}); it may be "
+                "truncated or not safetensors: copy or save it again"
+            ) from None
+    else:
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt files raise many different types
+            raise _torch_load_error(path, e) from None
     for key in ("model_ema", "model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    if isinstance(state, dict):
+        bad = [(k, v) for k, v in state.items()
+               if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+        got = (f"the entry {bad[0][0]!r}: {type(bad[0][1]).__name__}" if bad
+               else "an empty mapping" if not state else None)
+    else:
+        got = f"a {type(state).__name__}"
+    if got is not None:
+        raise CheckpointError(
+            f"checkpoint {path} must hold a state dict (names to tensors), but holds {got}; "
+            f"{_RESAVE}"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

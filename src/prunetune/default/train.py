@@ -6,9 +6,10 @@ Usage: ``python -m prunetune.default.train [--epochs 120] [--out DIR]``. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .._io import atomic_write_text, prepare_out
 from ..data import digits_splits, make_loader
+from ..errors import PrunetuneError
 from ..evaluators._accuracy import evaluate_accuracy
 from ..models import DEFAULT_MODEL, DIGITS_VIT_KWARGS, ModelSpec, build_model
 from . import DEFAULT_METRICS, DEFAULT_WEIGHTS
@@ -34,8 +37,36 @@ def augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1  # background is -1
 
 
+def check_out(out: str | Path | None) -> Path | None:
+    """Checks where the weights will go before any training: ``out`` or the package folder.
+
+    Raises:
+        PrunetuneError: ``out`` is a file, lies under a file or is not writable, or (without
+            ``out``) the installed package folder is read-only.
+    """
+    if out is None:
+        folder = DEFAULT_WEIGHTS.parent
+        if not os.access(folder, os.W_OK):
+            raise PrunetuneError(f"the package folder {folder} is not writable; pass --out DIR")
+        return None
+    return prepare_out(out, overwrite=True)
+
+
 def train(epochs: int = 120, lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
-          out: Path | None = None) -> dict:
+          out: str | Path | None = None) -> dict:
+    """Trains digits_vit and writes its weights and metrics into ``out`` (default: the package).
+
+    ``out`` is checked before any training, so a bad folder fails in a second, not at the end.
+
+    Returns:
+        The metrics written to ``digits_vit.json``, plus ``weights``: the path written.
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PrunetuneError(f"`{name} >= 1` must hold (an integer), but got {name}={value!r}")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise PrunetuneError(f"`lr > 0` must hold (a finite number), but got lr={lr!r}")
+    out = check_out(out)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     splits = digits_splits(DIGITS_VIT_KWARGS["img_size"])
@@ -81,21 +112,35 @@ def train(epochs: int = 120, lr: float = 2e-3, batch_size: int = 64, seed: int =
     weights = (out / DEFAULT_WEIGHTS.name) if out else DEFAULT_WEIGHTS
     meta = (out / DEFAULT_METRICS.name) if out else DEFAULT_METRICS
     weights.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    meta.write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, weights)
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(meta, json.dumps(metrics, indent=2) + "\n")
+    return {**metrics, "weights": str(weights)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=120)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m prunetune.default.train``: bad values are one-line errors with exit code 2."""
+    from ..cli import _Parser, _positive_float, _positive_int, _seed
+
+    p = _Parser(prog="python -m prunetune.default.train", description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=_positive_int, default=120)
+    p.add_argument("--lr", type=_positive_float, default=2e-3)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, default=None, help="folder (default: inside the package)")
     a = p.parse_args(argv)
-    m = train(a.epochs, a.lr, seed=a.seed, out=a.out)
-    print(f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  ({m['train_seconds']} s)")
+    try:
+        m = train(a.epochs, a.lr, seed=a.seed, out=a.out)
+    except PrunetuneError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
+          f"({m['train_seconds']} s); wrote {m['weights']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

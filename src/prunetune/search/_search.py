@@ -116,7 +116,7 @@ class SearchSettings:
         timm model name, a torchvision data set name).
         """
         def absolute(v: str | None) -> str | None:
-            if v is None or not Path(v).expanduser().exists():
+            if v is None or not str(v).strip() or not Path(v).expanduser().exists():
                 return v
             return str(Path(v).expanduser().resolve())
 
