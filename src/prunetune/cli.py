@@ -250,7 +250,6 @@ def cmd_export(args) -> int:
 def cmd_report(args) -> int:
     from .search import load_study
     from .search._report import write_report
-
     from .search._search import settings_of
 
     if not str(args.out).strip():
