@@ -5,17 +5,18 @@ Shared by the CLI and the Python API so both behave the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .data import DataSplits, calibration_batches, load_data, make_loader
+from .data import DataSplits, calibration_batches, image_transform, load_data, make_loader
 from .errors import CheckpointError, PrunetuneError
 from .models import DEFAULT_MODEL, ModelSpec, ViTArch, build_model, load_weights
 
-__all__ = ["resolve_device", "Loaded", "load_base"]
+__all__ = ["resolve_device", "Loaded", "load_base", "Preprocessing", "resolve_preprocessing"]
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -40,6 +41,9 @@ class Loaded:
     arch: ViTArch
     data: DataSplits | None
     device: torch.device
+    preprocessing: Preprocessing | None = None
+    #: the dense model's val accuracy (None without data)
+    dense_accuracy: float | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -57,13 +61,78 @@ class Loaded:
         return list(make_loader(self.data.val, batch_size))
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """The eval preprocessing in force (timm's data config) and where it came from."""
+
+    data_config: dict
+    in_chans: int
+    source: str
+
+    def describe(self) -> str:
+        c = self.data_config
+        if c.get("builtin"):
+            return f"preprocessing: {c['builtin']} ({self.source})"
+        side = c["input_size"][-1]
+        crop = f"centre crop {side} of a resize to {int(side / c['crop_pct'])}" if c["crop_pct"] < 1 else f"resize to {side}"
+        fmt = lambda v: "(" + ", ".join(f"{x:g}" for x in v) + ")"  # noqa: E731
+        return (f"preprocessing: {crop} ({c['interpolation']}), {'grey, ' if self.in_chans == 1 else ''}"
+                f"mean {fmt(c['mean'])}, std {fmt(c['std'])} ({self.source})")
+
+
+def resolve_preprocessing(model: nn.Module, spec: ModelSpec, in_chans: int, mean=None, std=None,
+                          interpolation: str | None = None, crop_pct: float | None = None) -> Preprocessing:
+    """The model's eval preprocessing: flags over its ``pretrained_cfg`` (a model file's or timm's).
+
+    Raises:
+        PrunetuneError: No normalisation is known for the model and none was given, or the
+            mean/std do not fit the model's channels.
+    """
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    known = "mean" in cfg and "std" in cfg
+    if (mean is None) != (std is None):
+        raise PrunetuneError("--mean and --std go together; pass both")
+    if mean is None and not known:
+        raise PrunetuneError(
+            f"model {spec.name} has no known normalisation: pass --mean and --std (e.g. --mean 0.5 --std 0.5 "
+            f"for (x - 0.5) / 0.5), or add \"pretrained_cfg\": {{\"mean\": [...], \"std\": [...]}} to its model file")
+    args = {k: v for k, v in {"mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}.items()
+            if v is not None}
+    if "crop_pct" not in cfg and "crop_pct" not in args:
+        args["crop_pct"] = 1.0  # no pretrained recipe: resize to the input size, crop nothing
+    side = model.patch_embed.img_size
+    args["input_size"] = (in_chans, side[0], side[1])
+    from timm.data import resolve_data_config
+
+    data_config = resolve_data_config(args, model=model)
+    for key in ("mean", "std"):
+        v = tuple(float(x) for x in data_config[key])
+        if len(v) == 1 and in_chans > 1:
+            v = v * in_chans
+        if len(v) != in_chans:
+            raise PrunetuneError(f"--{key} has {len(v)} values but model {spec.name} takes {in_chans} channels; "
+                                 f"give {in_chans} values (or one for all)")
+        data_config[key] = v
+    source = "flags" if mean is not None else ("model file" if spec.pretrained_cfg.get("mean") else
+                                               f"timm's pretrained_cfg of {spec.name}")
+    return Preprocessing(data_config, in_chans, source)
+
+
 def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str | None = None,
               download: bool = False, data_root: str | None = None, device: str | None = None,
-              need_data: bool = True) -> Loaded:
-    """Builds the base model, loads its weights and its data.
+              need_data: bool = True, mean=None, std=None, interpolation: str | None = None,
+              crop_pct: float | None = None, announce: Callable[[str], None] | None = None,
+              check_dense: bool = True) -> Loaded:
+    """Builds the base model, loads its weights and its data, and scores the dense model.
 
     The embedded default loads its shipped weights and the digits; any other model needs a
-    ``checkpoint`` (prunetune never downloads weights).
+    ``checkpoint`` (prunetune never downloads weights). Images are preprocessed the model's
+    way (:func:`resolve_preprocessing`). ``announce`` receives one line with the
+    preprocessing and the dense model's val accuracy, before any other work.
+
+    Raises:
+        PrunetuneError: among others, when the dense model scores within 5 points of chance
+            on val (wrong normalisation, channels or class order), unless ``check_dense`` is off.
     """
     dev = resolve_device(device)
     model = build_model(spec)
@@ -76,16 +145,20 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
     load_weights(model, checkpoint)
     model.to(dev).eval()
     arch = ViTArch.from_model(model)
-    splits = None
+    splits = pre = None
+    dense = None
     if need_data:
         if data is None and spec.name != DEFAULT_MODEL:
             raise PrunetuneError(f"--data is required for model {spec.name}; the digits default fits only digits_vit")
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        splits = load_data(
-            data, img_size=model.patch_embed.img_size[0], in_chans=arch.in_chans,
-            mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-            download=download, root=data_root,
-        )
+        if data in (None, "digits"):
+            pre = Preprocessing({"builtin": "scikit-learn digits, 8x8 upsampled, (x - 0.5) / 0.5"}, arch.in_chans,
+                                "built in")
+            transform = None
+        else:
+            pre = resolve_preprocessing(model, spec, arch.in_chans, mean, std, interpolation, crop_pct)
+            transform = image_transform(pre.data_config, arch.in_chans)
+        splits = load_data(data, img_size=model.patch_embed.img_size[0], in_chans=arch.in_chans,
+                           transform=transform, download=download, root=data_root)
         if len(splits.train) == 0 or len(splits.val) == 0:
             raise PrunetuneError(f"data set {splits.name} is empty")
         if splits.num_classes and splits.num_classes != arch.num_classes:
@@ -93,4 +166,17 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
                 f"data set {splits.name} has {splits.num_classes} classes but the model's head has "
                 f"{arch.num_classes}; pass a checkpoint trained on this data"
             )
-    return Loaded(spec, model, arch, splits, dev)
+        from .evaluators import evaluate_accuracy
+
+        dense = evaluate_accuracy(model, list(make_loader(splits.val, 256))).accuracy
+        classes = splits.num_classes or arch.num_classes
+        if announce is not None:
+            test = "" if splits.test is not None else "; no test split"
+            announce(f"{pre.describe()}; dense val accuracy {100 * dense:.2f} % on {len(splits.val)} images "
+                     f"(chance {100 / classes:.1f} %){test}")
+        if check_dense and classes > 1 and dense <= 1 / classes + 0.05:
+            raise PrunetuneError(
+                f"the dense model scores {100 * dense:.2f} % on val, within 5 points of chance ({100 / classes:.1f} %): "
+                f"check the normalisation ({pre.describe().removeprefix('preprocessing: ')}), the channels and "
+                f"the class order (class folders are read in sorted order); --skip-dense-check runs anyway")
+    return Loaded(spec, model, arch, splits, dev, pre, dense)

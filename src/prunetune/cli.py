@@ -37,14 +37,31 @@ def _m(x: int) -> str:
 
 
 def _add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    from .models import INTERPOLATIONS
+
     p.add_argument("--model", help="timm model name or a JSON/YAML model file (default: embedded digits_vit)")
     p.add_argument("--checkpoint", help="weights file: .safetensors or .pth (loaded with weights_only)")
     if data:
         p.add_argument("--data", help="ImageFolder directory with train/ and val/, or a torchvision data set name")
         p.add_argument("--download", action="store_true", help="allow downloading a torchvision data set")
         p.add_argument("--data-root", help="where torchvision data sets live")
+        p.add_argument("--mean", nargs="+", type=_finite_float, metavar="M",
+                       help="normalisation mean per channel (default: the model's pretrained_cfg)")
+        p.add_argument("--std", nargs="+", type=_std_value, metavar="S",
+                       help="normalisation std per channel (default: the model's pretrained_cfg)")
+        p.add_argument("--interpolation", choices=INTERPOLATIONS,
+                       help="resize interpolation (default: the model's pretrained_cfg, else bicubic)")
+        p.add_argument("--crop-pct", type=_float_type(0.0, 1.0, low_open=True), metavar="F",
+                       help="centre-crop fraction (default: the model's pretrained_cfg, else 1: no crop)")
+        p.add_argument("--skip-dense-check", action="store_true",
+                       help="run even when the dense model scores within 5 points of chance on val")
     p.add_argument("--device", default="auto", type=_device,
                    help="auto (CUDA if available), cpu, cuda, cuda:N")
+
+
+def _preprocessing_args(args) -> dict:
+    return {"mean": args.mean, "std": args.std, "interpolation": args.interpolation, "crop_pct": args.crop_pct,
+            "check_dense": not args.skip_dense_check}
 
 
 def _spec_for(args, config=None):
@@ -102,7 +119,8 @@ def cmd_prune(args) -> int:
     config = PruningConfig.load(args.config)
     spec = _spec_for(args, config)
     out = prepare_out(args.out, args.overwrite)
-    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device)
+    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device,
+                              **_preprocessing_args(args), announce=print)
     config.check_fits(base.arch)
     calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
     pruned = prune(base.model, config, calib)
@@ -150,7 +168,8 @@ def cmd_saliency(args) -> int:
 
     get_saliency(args.criterion)  # unknown names fail before any work
     spec = _spec_for(args)
-    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device)
+    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device,
+                              **_preprocessing_args(args), announce=print)
     calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
     s = compute_scores(base.model, args.criterion, calib)
     bmax = float(s.blocks.max()) or 1.0
@@ -192,7 +211,8 @@ def cmd_search(args) -> int:
         batch_size=args.batch_size, tier_b_fraction=args.tier_b_fraction, tier_b_steps=args.tier_b_steps,
         lr=args.lr, final_epochs=args.final_epochs, front_max=args.front_max, run_final=not args.no_final,
         artifacts=args.artifacts, latency_batch=args.latency_batch, measure_latency=args.measure_latency,
-        grace_period=args.grace_period,
+        grace_period=args.grace_period, mean=args.mean, std=args.std, interpolation=args.interpolation,
+        crop_pct=args.crop_pct, check_dense=not args.skip_dense_check, announce=print,
     )
     study = res.study
     dense = study.user_attrs["dense"]
@@ -340,6 +360,17 @@ _port = _int_type(1, 65535, name="port")
 _positive_float = _float_type(0.0, low_open=True, name="positive_float")
 _nonneg_float = _float_type(0.0, name="nonneg_float")
 _fraction = _float_type(0.0, 1.0, low_open=True, name="fraction")
+_std_value = _float_type(0.0, low_open=True, name="std")
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, but got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, but got {text!r}")
+    return value
 
 
 def _device(text: str) -> str:

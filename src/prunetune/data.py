@@ -60,14 +60,19 @@ def digits_splits(img_size: int = 16) -> DataSplits:
     return DataSplits(sub(train), sub(val), sub(test), num_classes=10, name=DIGITS)
 
 
-def _image_transform(img_size: int, in_chans: int, mean, std):
+def image_transform(data_config: dict, in_chans: int):
+    """timm's eval transform for ``data_config`` (resize, centre crop, normalise), grey when needed.
+
+    ``data_config`` is what :func:`timm.data.resolve_data_config` returns: ``input_size``,
+    ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``.
+    """
+    from timm.data import create_transform
     from torchvision import transforms as T
 
-    ops = [T.Resize(img_size), T.CenterCrop(img_size)]
-    if in_chans == 1:
-        ops.append(T.Grayscale(1))
-    ops += [T.ToTensor(), T.Normalize(mean[:in_chans], std[:in_chans])]
-    return T.Compose(ops)
+    tf = create_transform(**data_config, is_training=False)
+    if in_chans == 1:  # ImageFolder reads RGB; a grey model wants one channel before normalising
+        tf = T.Compose([T.Grayscale(1), *tf.transforms])
+    return tf
 
 
 def load_data(
@@ -75,20 +80,19 @@ def load_data(
     *,
     img_size: int,
     in_chans: int,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
+    transform=None,
     download: bool = False,
     root: str | Path | None = None,
 ) -> DataSplits:
     """Resolves ``--data``: None (digits), an ImageFolder directory, or a torchvision name.
 
     Args:
-        data: None for the embedded digits; a directory holding ``train/`` and ``val/``
-            class folders; or a torchvision data set name (``cifar10``, ``mnist``, ...).
+        data: None for the embedded digits; a directory holding ``train/`` and ``val/`` (and
+            optionally ``test/``) class folders; or a torchvision data set name (``cifar10``,
+            ``mnist``, ...).
         img_size: Side length the model expects.
         in_chans: Channels the model expects.
-        mean: Normalisation mean (the model's pretrained config, else ImageNet's).
-        std: Normalisation std.
+        transform: The model's eval transform (:func:`image_transform`); needed for images.
         download: Allow a torchvision data set to be downloaded.
         root: Where torchvision data sets live (default ``~/.cache/prunetune/data``).
     """
@@ -98,7 +102,9 @@ def load_data(
         return digits_splits(img_size)
     if not isinstance(data, str) or not data.strip():
         raise DataError(f"--data must name a directory or a torchvision data set, but got {data!r}")
-    tf = _image_transform(img_size, in_chans, mean, std)
+    if transform is None:
+        raise DataError("image data needs the model's preprocessing (mean, std); pass --mean and --std")
+    tf = transform
     path = Path(data)
     if path.is_dir():
         return _image_folder(path, tf)
@@ -135,7 +141,8 @@ def _image_folder(path: Path, tf) -> DataSplits:
         if not (path / split).is_dir():
             raise DataError(f"data directory {path} has no {split}/ folder; expected {path}/{{train,val}}/<class>/<image>")
     splits = {}
-    for split in ("train", "val"):
+    names = ("train", "val", "test") if (path / "test").is_dir() else ("train", "val")
+    for split in names:
         d = path / split
         try:
             splits[split] = ImageFolder(str(d), transform=tf, loader=_read_image)
@@ -143,14 +150,15 @@ def _image_folder(path: Path, tf) -> DataSplits:
             raise DataError(f"data directory {d} holds no images: {str(e).splitlines()[0]}") from None
         except OSError as e:
             raise DataError(f"data directory {d} cannot be read ({e.strerror or e})") from None
-    if splits["train"].classes != splits["val"].classes:
-        only_train = sorted(set(splits["train"].classes) - set(splits["val"].classes))
-        only_val = sorted(set(splits["val"].classes) - set(splits["train"].classes))
-        raise DataError(
-            f"train/ and val/ in {path} must have the same class folders, but train/ alone has "
-            f"{only_train[:3]} and val/ alone has {only_val[:3]}"
-        )
-    return DataSplits(splits["train"], splits["val"], None, len(splits["train"].classes), str(path))
+    for split in names[1:]:
+        if splits["train"].classes != splits[split].classes:
+            only_train = sorted(set(splits["train"].classes) - set(splits[split].classes))
+            only_other = sorted(set(splits[split].classes) - set(splits["train"].classes))
+            raise DataError(
+                f"train/ and {split}/ in {path} must have the same class folders, but train/ alone has "
+                f"{only_train[:3]} and {split}/ alone has {only_other[:3]}"
+            )
+    return DataSplits(splits["train"], splits["val"], splits.get("test"), len(splits["train"].classes), str(path))
 
 
 def _torchvision(name: str, tf, download: bool, root: Path) -> DataSplits:

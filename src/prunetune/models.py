@@ -62,12 +62,18 @@ class ModelSpec:
         name: A timm model name (``vit_*``, ``deit_*``, ``deit3_*``), ``vit_custom`` for a
             bare VisionTransformer built from ``kwargs``, or ``digits_vit`` (embedded default).
         kwargs: Keyword arguments passed to the constructor (e.g. ``num_classes``).
+        pretrained_cfg: The model's preprocessing, timm's way (``mean``, ``std``,
+            ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``); merged over timm's
+            own ``pretrained_cfg`` of the named model. Needed for a ``vit_custom`` model trained
+            on images.
     """
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained_cfg: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_pretrained_cfg(self.pretrained_cfg)
         if not isinstance(self.name, str) or not self.name:
             raise UnsupportedModelError(f"model name must be a non-empty string, but got {self.name!r}")
         if not isinstance(self.kwargs, dict):
@@ -90,7 +96,10 @@ class ModelSpec:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kwargs": dict(self.kwargs)}
+        d = {"name": self.name, "kwargs": dict(self.kwargs)}
+        if self.pretrained_cfg:
+            d["pretrained_cfg"] = dict(self.pretrained_cfg)
+        return d
 
     @classmethod
     def from_obj(cls, obj: Any) -> ModelSpec:
@@ -100,20 +109,53 @@ class ModelSpec:
         if isinstance(obj, str):
             return cls(obj)
         if isinstance(obj, dict):
-            unknown = set(obj) - {"name", "kwargs"}
+            unknown = set(obj) - {"name", "kwargs", "pretrained_cfg"}
             if unknown or "name" not in obj:
                 raise UnsupportedModelError(
-                    f"model must be a name or {{'name', 'kwargs'}}, "
+                    f"model must be a name or {{'name', 'kwargs', 'pretrained_cfg'}}, "
                     f"but got keys {sorted(obj, key=str)}"
                 )
             kwargs = obj.get("kwargs") or {}
             if not isinstance(kwargs, dict):
                 raise UnsupportedModelError(f"model kwargs must be a mapping, but got {kwargs!r}")
-            return cls(obj["name"], dict(kwargs))
+            cfg = obj.get("pretrained_cfg") or {}
+            if not isinstance(cfg, dict):
+                raise UnsupportedModelError(f"model pretrained_cfg must be a mapping, but got {cfg!r}")
+            return cls(obj["name"], dict(kwargs), dict(cfg))
         raise UnsupportedModelError(f"model must be a name or a mapping, but got {obj!r}")
 
     def __hash__(self) -> int:
-        return hash((self.name, json.dumps(self.kwargs, sort_keys=True, default=str)))
+        return hash((self.name, json.dumps(self.kwargs, sort_keys=True, default=str),
+                     json.dumps(self.pretrained_cfg, sort_keys=True, default=str)))
+
+
+#: Preprocessing keys a model file's ``pretrained_cfg`` may set (timm's data config).
+PREPROCESSING_KEYS = ("mean", "std", "input_size", "interpolation", "crop_pct", "crop_mode")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+def _check_pretrained_cfg(cfg: Any) -> None:
+    if not isinstance(cfg, dict):
+        raise UnsupportedModelError(f"model pretrained_cfg must be a mapping, but got {cfg!r}")
+    unknown = sorted(set(cfg) - set(PREPROCESSING_KEYS), key=str)
+    if unknown:
+        raise UnsupportedModelError(
+            f"model pretrained_cfg keys must be among {', '.join(PREPROCESSING_KEYS)}, but got {unknown}")
+    for key in ("mean", "std"):
+        v = cfg.get(key)
+        if v is None:
+            continue
+        if (not isinstance(v, (list, tuple)) or not v
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            raise UnsupportedModelError(f"model pretrained_cfg {key} must be a list of numbers, but got {v!r}")
+        if key == "std" and any(x <= 0 for x in v):
+            raise UnsupportedModelError(f"model pretrained_cfg std must be positive, but got {v!r}")
+    if "interpolation" in cfg and cfg["interpolation"] not in INTERPOLATIONS:
+        raise UnsupportedModelError(f"model pretrained_cfg interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                                    f"but got {cfg['interpolation']!r}")
+    c = cfg.get("crop_pct")
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1):
+        raise UnsupportedModelError(f"model pretrained_cfg crop_pct must be in (0, 1], but got {c!r}")
 
 
 def resolve_model_spec(model: str | None) -> ModelSpec:
@@ -150,6 +192,8 @@ def build_model(spec: ModelSpec | str, device: str | torch.device | None = None)
             "fix the model's kwargs"
         ) from None
     check_supported(model)
+    if spec.pretrained_cfg:
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **spec.pretrained_cfg}
     if device is not None:
         model = model.to(device)
     return model

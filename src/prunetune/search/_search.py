@@ -6,6 +6,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ class SearchSettings:
     latency_batch: int = 64
     measure_latency: bool = False
     grace_period: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    check_dense: bool = True
 
     def validate(self) -> None:
         """Raises a one-line :class:`PrunetuneError` for a value no search can use."""
@@ -89,6 +95,19 @@ class SearchSettings:
                 raise bad(rule, name)
         if self.grace_period is not None and (not isinstance(self.grace_period, int) or self.grace_period < 1):
             raise bad("grace_period >= 1 (seconds)", "grace_period")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (list, tuple)) or not v or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                    and (name == "mean" or x > 0) for x in v)):
+                raise bad(f"{name} is a list of finite numbers" + (" > 0" if name == "std" else ""), name)
+        from ..models import INTERPOLATIONS
+
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise bad(f"interpolation in {INTERPOLATIONS}", "interpolation")
+        if self.crop_pct is not None and (isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float))
+                                          or not 0 < self.crop_pct <= 1):
+            raise bad("0 < crop_pct <= 1", "crop_pct")
         if self.study is not None and (not isinstance(self.study, str) or not self.study.strip()):
             raise bad("study is a non-empty name", "study")
         for name in ("model", "checkpoint", "data", "data_root", "space", "artifacts", "device"):
@@ -99,7 +118,8 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """The fields that must match when a search resumes an existing study."""
         return {k: getattr(self, k) for k in ("budget", "model", "checkpoint", "data", "space", "calib_samples",
-                                               "batch_size", "tier_b_steps", "lr", "seed")}
+                                               "batch_size", "tier_b_steps", "lr", "seed", "mean", "std",
+                                               "interpolation", "crop_pct")}
 
     def artifacts_dir(self) -> Path:
         if self.artifacts:
@@ -148,11 +168,14 @@ class SearchResult:
 class Evaluator:
     """Scores candidates for one search: cached saliency, budget repair, tier a and tier b."""
 
-    def __init__(self, settings: SearchSettings, space: SearchSpace | None = None, base=None):
+    def __init__(self, settings: SearchSettings, space: SearchSpace | None = None, base=None,
+                 announce: Callable[[str], None] | None = None):
         self.s = settings
         spec = resolve_model_spec(settings.model)
-        self.base = base or _session.load_base(spec, settings.checkpoint, settings.data, settings.download,
-                                                settings.data_root, settings.device)
+        self.base = base or _session.load_base(
+            spec, settings.checkpoint, settings.data, settings.download, settings.data_root, settings.device,
+            mean=settings.mean, std=settings.std, interpolation=settings.interpolation, crop_pct=settings.crop_pct,
+            announce=announce, check_dense=settings.check_dense)
         self.space = space or load_space(spec, settings.space)
         self.arch = self.base.arch
         self.dense_cost = estimate_cost(PruningConfig.dense(spec), self.arch)
@@ -172,7 +195,8 @@ class Evaluator:
         self.tier_b = ShortKDProxy(self.base.model, self.base.data.train, settings.tier_b_steps, settings.lr,
                                    settings.batch_size, settings.seed)
         self._scores: dict = {}
-        self.dense_accuracy = evaluate_accuracy(self.base.model, self.val).accuracy
+        self.dense_accuracy = (self.base.dense_accuracy if self.base.dense_accuracy is not None
+                               else evaluate_accuracy(self.base.model, self.val).accuracy)
 
     def _check_reachable(self) -> None:
         params = {d.name: (d.low if d.kind != "categorical" else d.choices[-1]) for d in self.space.dims}
@@ -434,7 +458,7 @@ def _check_resume(study: optuna.Study, settings: SearchSettings) -> None:
 
 
 def search(budget: str = "flops=50%", progress: bool = True, backend: str = "optuna", workers: int = 1,
-           address: str | None = None, **kwargs) -> SearchResult:
+           address: str | None = None, announce: Callable[[str], None] | None = None, **kwargs) -> SearchResult:
     """Runs the whole search; the Python API of ``prunetune search``.
 
     Args:
@@ -443,6 +467,8 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
         backend: ``optuna`` (in-process) or ``ray`` (Ray Tune with OptunaSearch on the same study).
         workers: Concurrent Ray Tune trials (``backend="ray"``).
         address: An existing Ray cluster's address (``backend="ray"``).
+        announce: Receives one line with the preprocessing and the dense model's val accuracy
+            before the search starts (the CLI prints it).
         **kwargs: Any :class:`SearchSettings` field (``n_trials``, ``sampler``, ``storage``,
             ``study``, ``space``, ``model``, ``checkpoint``, ``data``, ``final_epochs``, ...).
 
@@ -471,7 +497,7 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
     existing = find_study(settings.storage, settings.study)  # creates nothing
     if existing is not None:
         _check_resume(existing, settings)  # before the expensive loading below
-    ev = Evaluator(settings, space=space)
+    ev = Evaluator(settings, space=space, announce=announce)
     # the study is created only once model, data, space and budget are known to work, so a
     # failed start (an unreachable budget, a missing checkpoint) leaves no study and no file
     study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
