@@ -189,6 +189,7 @@ def _write_data(d: Path) -> None:
     whole = (d / "imgs_truncated/val/c0/0.png").read_bytes()
     (d / "imgs_truncated/val/c0/0.png").write_bytes(whole[: len(whole) // 2])
     _image_folder(d / "imgs_3classes", ["a", "b", "c"], ["a", "b", "c"])
+    _image_folder(d / "imgs_chance", digits, digits)  # noise images: digits_vit scores at chance
     _image_folder(d / "imgs_diff", ["a", "b"], ["a", "z"])
     _image_folder(d / "imgs_notrain", [], ["a"])
     (d / "imgs_noclass/train").mkdir(parents=True)
@@ -584,10 +585,15 @@ CASES = [
     case("data-no-images", f"{S} --data {{in}}/imgs_noimages", "holds no images"),
     case(
         "data-corrupt-image",
-        f"{S} --data {{in}}/imgs_corrupt",
+        f"{S} --data {{in}}/imgs_corrupt --skip-dense-check",
         "cannot read image",
         "broken.png",
         "remove or fix it",
+    ),
+    case(
+        "data-dense-near-chance",
+        f"{S} --data {{in}}/imgs_chance",
+        "within 5 points of chance", "--skip-dense-check",
     ),
     case(
         "data-truncated-image",
@@ -727,7 +733,7 @@ CASES = [
     ),
     case(
         "search-data-corrupt",
-        f"{Q} {DB} --study fresh --data {{in}}/imgs_corrupt",
+        f"{Q} {DB} --study fresh --data {{in}}/imgs_corrupt --skip-dense-check",
         "cannot read image",
     ),
     case("search-model-unsupported", f"{Q} --model resnet50", "not supported"),

@@ -141,8 +141,10 @@ def test_user_model_checkpoint_and_imagefolder(tmp_path, capsys, fmt):
     cfg.save(tmp_path / "cfg.yaml")
     code, out, err = run(["prune", "--config", str(tmp_path / "cfg.yaml"), "--model", str(tmp_path / "model.json"),
                           "--checkpoint", str(ckpt), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
-                          "--no-latency", "--device", "cpu"], capsys)
+                          "--no-latency", "--device", "cpu", "--mean", "0.5", "0.5", "0.5", "--std", "0.25",
+                          "--skip-dense-check"], capsys)  # an untrained model: near chance by design
     assert code == 0, err
+    assert "mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25) (flags)" in out
     pruned = load_pruned(tmp_path / "o")
     assert [b.attn.num_heads for b in pruned.blocks] == [2, 2]
     assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 3)

@@ -114,7 +114,7 @@ def resolve_preprocessing(model: nn.Module, spec: ModelSpec, in_chans: int, mean
                                  f"give {in_chans} values (or one for all)")
         data_config[key] = v
     source = "flags" if mean is not None else ("model file" if spec.pretrained_cfg.get("mean") else
-                                               f"timm's pretrained_cfg of {spec.name}")
+                                               f"{spec.name}'s pretrained_cfg")
     return Preprocessing(data_config, in_chans, source)
 
 
@@ -150,15 +150,18 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
     if need_data:
         if data is None and spec.name != DEFAULT_MODEL:
             raise PrunetuneError(f"--data is required for model {spec.name}; the digits default fits only digits_vit")
+        # the data's own checks (missing folders, classes) come first, then the preprocessing
+        splits = load_data(data, img_size=model.patch_embed.img_size[0], in_chans=arch.in_chans,
+                           download=download, root=data_root)
         if data in (None, "digits"):
             pre = Preprocessing({"builtin": "scikit-learn digits, 8x8 upsampled, (x - 0.5) / 0.5"}, arch.in_chans,
                                 "built in")
-            transform = None
         else:
             pre = resolve_preprocessing(model, spec, arch.in_chans, mean, std, interpolation, crop_pct)
             transform = image_transform(pre.data_config, arch.in_chans)
-        splits = load_data(data, img_size=model.patch_embed.img_size[0], in_chans=arch.in_chans,
-                           transform=transform, download=download, root=data_root)
+            for ds in (splits.train, splits.val, splits.test):
+                if ds is not None:
+                    ds.transform = transform
         if len(splits.train) == 0 or len(splits.val) == 0:
             raise PrunetuneError(f"data set {splits.name} is empty")
         if splits.num_classes and splits.num_classes != arch.num_classes:

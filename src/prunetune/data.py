@@ -92,7 +92,8 @@ def load_data(
             ``mnist``, ...).
         img_size: Side length the model expects.
         in_chans: Channels the model expects.
-        transform: The model's eval transform (:func:`image_transform`); needed for images.
+        transform: The model's eval transform (:func:`image_transform`); without it the
+            image data sets are returned untransformed, for the caller to set ``.transform``.
         download: Allow a torchvision data set to be downloaded.
         root: Where torchvision data sets live (default ``~/.cache/prunetune/data``).
     """
@@ -102,9 +103,7 @@ def load_data(
         return digits_splits(img_size)
     if not isinstance(data, str) or not data.strip():
         raise DataError(f"--data must name a directory or a torchvision data set, but got {data!r}")
-    if transform is None:
-        raise DataError("image data needs the model's preprocessing (mean, std); pass --mean and --std")
-    tf = transform
+    tf = transform  # may be set later on every split's data set (``.transform``)
     path = Path(data)
     if path.is_dir():
         return _image_folder(path, tf)

@@ -192,6 +192,8 @@ def build_model(spec: ModelSpec | str, device: str | torch.device | None = None)
             "fix the model's kwargs"
         ) from None
     check_supported(model)
+    if spec.name == DEFAULT_MODEL:  # how the embedded default was trained (prunetune.default.train)
+        model.pretrained_cfg = {"mean": (0.5,), "std": (0.5,), "crop_pct": 1.0, "interpolation": "bilinear"}
     if spec.pretrained_cfg:
         model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **spec.pretrained_cfg}
     if device is not None:

@@ -39,6 +39,7 @@ def finetune(
     weight_decay: float = 0.05,
     seed: int = 0,
     progress: bool = True,
+    desc: str = "fine-tune",
 ) -> nn.Module:
     """Fine-tunes ``student`` in place (AdamW, cosine schedule) with KD from ``teacher``.
 
@@ -54,7 +55,7 @@ def finetune(
     if teacher is not None:
         teacher.eval()
     student.train()
-    bar = tqdm(total=steps, desc="fine-tune", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     done = 0
     try:
         while done < steps:

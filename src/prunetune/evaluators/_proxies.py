@@ -83,12 +83,14 @@ class ShortKDProxy:
         self.dense, self.train, self.steps = dense, train, steps
         self.lr, self.batch_size, self.seed = lr, batch_size, seed
         self.last: dict = {}
+        #: show a bar over the distillation steps (the search turns it on unless quiet)
+        self.progress = False
 
     def score(self, model: nn.Module, data) -> float:
         student = copy.deepcopy(model)
         epochs = self.steps / max(1, -(-len(self.train) // self.batch_size))
         finetune(student, self.train, teacher=self.dense, epochs=epochs, lr=self.lr,
-                 batch_size=self.batch_size, seed=self.seed, progress=False)
+                 batch_size=self.batch_size, seed=self.seed, progress=self.progress, desc="tier b (distil)")
         acc = evaluate_accuracy(student, data).accuracy
         self.last = {"accuracy": acc, "steps": self.steps}
         return acc

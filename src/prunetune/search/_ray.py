@@ -8,6 +8,7 @@ attributes (config, MACs, tier scores, budget constraint) before each result is 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -213,6 +214,10 @@ def run_ray(study: optuna.Study, ev, settings, workers: int = 1, address: str | 
         raise PrunetuneError(f"--backend ray needs ray[tune] ({_RAY_MISSING})")
     import ray
     from ray import tune
+
+    if not progress:  # --quiet: no experiment banner or status tables, no Ray warnings
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray").setLevel(logging.ERROR)
 
     class _Bar(tune.Callback):
         def __init__(self, total: int):

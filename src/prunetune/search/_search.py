@@ -281,11 +281,11 @@ class Evaluator:
         cut = prev[min(len(prev) - 1, int(math.floor((1 - self.s.tier_b_fraction) * len(prev))))]
         return score >= cut
 
-    def final_model(self, config: PruningConfig, progress: bool = True):
+    def final_model(self, config: PruningConfig, progress: bool = True, desc: str = "fine-tune"):
         """Prune and fine-tune with the Pareto-stage recipe (what ``prunetune prune`` reproduces)."""
         model = prune(self.base.model, config, scores=self.scores(config.criterion))
         finetune(model, self.base.data.train, teacher=self.base.model, epochs=self.s.final_epochs, lr=self.s.lr,
-                 batch_size=self.s.batch_size, seed=self.s.seed, progress=progress)
+                 batch_size=self.s.batch_size, seed=self.s.seed, progress=progress, desc=desc)
         return model
 
 
@@ -345,7 +345,7 @@ def run_pareto_stage(study: optuna.Study, ev: Evaluator, progress: bool = True) 
             finals[t.number] = study.user_attrs[key]
             continue
         config = PruningConfig.from_dict(t.user_attrs["config"])
-        model = ev.final_model(config, progress)
+        model = ev.final_model(config, progress, desc=f"fine-tune trial {t.number} ({ev.s.final_epochs:g} epochs)")
         res = {"trial": t.number, "val_accuracy": evaluate_accuracy(model, ev.val).accuracy,
                "macs": t.user_attrs["macs"], "params": t.user_attrs["params"],
                "tier_a_score": t.user_attrs.get("tier_a_score"), "tier_b_accuracy": t.values[0],
@@ -498,6 +498,7 @@ def search(budget: str = "flops=50%", progress: bool = True, backend: str = "opt
     if existing is not None:
         _check_resume(existing, settings)  # before the expensive loading below
     ev = Evaluator(settings, space=space, announce=announce)
+    ev.tier_b.progress = progress and backend != "ray"  # Ray workers' bars would interleave
     # the study is created only once model, data, space and budget are known to work, so a
     # failed start (an unreachable budget, a missing checkpoint) leaves no study and no file
     study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
