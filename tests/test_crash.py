@@ -128,7 +128,13 @@ def _check_study(d: Path, reference: dict) -> None:
     assert _finals(study) == reference["finals"]  # the same front members, tuned to the same accuracy
 
 
-@pytest.mark.parametrize("fault", ["study-created", "tier-a:2", "tier-b:3", "pareto:1", "pareto:2"])
+SLOW = pytest.mark.slow  # the nightly run (`pytest -m slow`) adds these kill points
+
+
+@pytest.mark.parametrize("fault", [
+    pytest.param("study-created", marks=SLOW), pytest.param("tier-a:2", marks=SLOW), "tier-b:3", "pareto:1",
+    pytest.param("pareto:2", marks=SLOW),
+])
 def test_kill_during_search_then_resume(reference, tmp_path, fault):
     killed = _search(tmp_path, fault)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

@@ -160,6 +160,14 @@ def test_search_and_export_from_anywhere(user, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     info = json.loads((elsewhere / "best" / "export.json").read_text())
     assert info["tuned"] and info["final"]["test_accuracy"] is not None
+    monkeypatch.chdir(work)  # the same export from the study's own folder
+    code, _, err = run(["export", "--out", "here"], capsys)
+    assert code == 0, err
+    for f in ("config.json", "model.safetensors"):
+        assert (work / "here" / f).read_bytes() == (elsewhere / "best" / f).read_bytes(), f
+    here = json.loads((work / "here" / "export.json").read_text())
+    assert {k: v for k, v in here.items() if k != "reproduce"} == {k: v for k, v in info.items() if k != "reproduce"}
+    monkeypatch.chdir("/")
     study = load_study(storage)
     art = Path(study.user_attrs["settings"]["artifacts"]) / f"trial_{info['trial']}" / "model.safetensors"
     assert art.is_absolute() and (elsewhere / "best" / "model.safetensors").read_bytes() == art.read_bytes()

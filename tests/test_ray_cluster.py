@@ -102,7 +102,7 @@ def _search(tmp_path, study: str, n_trials: int, *extra: str) -> subprocess.Comp
                            timeout=600)
 
 
-@pytest.mark.parametrize("form", ["gcs", "client"])
+@pytest.mark.parametrize("form", [pytest.param("gcs", marks=pytest.mark.slow), "client"])
 def test_search_on_a_running_cluster_by_address(ray_head, tmp_path, form):
     res = _search(tmp_path, form, 2, "--address", ray_head[form])
     assert res.returncode == 0, res.stderr[-3000:]

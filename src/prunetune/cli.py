@@ -233,6 +233,8 @@ def cmd_search(args) -> int:
                      f"{100 * f['val_accuracy']:.2f}" if f else "-",
                      f"{100 * f['test_accuracy']:.2f}" if f.get("test_accuracy") is not None else "-"])
     print(_table(rows, ["trial", "MMACs", "x dense", "tier a acc %", "tier b acc %", "final val %", "final test %"]))
+    if res.finals and all(f.get("test_accuracy") is None for f in res.finals.values()):
+        print("no test split: the final accuracy is on val, which also chose the front (add test/ to the data)")
     where = f"--storage {shlex.quote(res.settings.storage)} --study {shlex.quote(study.study_name)}"
     if args.no_final:
         ran = f"ran {len(res.ran)} of" if res.ran is not None else "took part in"

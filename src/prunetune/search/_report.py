@@ -56,6 +56,9 @@ def _markdown(study: optuna.Study, rows: list[dict]) -> str:
     if best is not None:
         acc = f"final val {100 * final['val_accuracy']:.2f} %" if final else f"tier b {100 * best.values[0]:.2f} %"
         lines.append(f"- best under budget: trial {best.number}, {best.user_attrs['macs'] / 1e6:.3f} MMACs, {acc}")
+    finals = [study.user_attrs[k] for k in study.user_attrs if k.startswith("final_")]
+    if finals and all(f.get("test_accuracy") is None for f in finals):
+        lines.append("- no test split: final accuracies are on val, which also chose the front")
     if tau:
         lines.append(f"- proxy ranking of the fine-tuned front (Kendall tau, n={tau.get('n')}): "
                      f"tier a {_fmt(tau.get('tier_a'))}, tier b {_fmt(tau.get('tier_b'))}")
