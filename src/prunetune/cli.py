@@ -316,22 +316,28 @@ _INT_WORDS = {0: "an integer >= 0", 1: "an integer >= 1"}
 MAX_SEED = 2**32 - 1
 
 
-def _int_type(low: int, high: int | None = None, name: str = "int") -> Callable[[str], int]:
-    """An argparse ``type`` that accepts integers in ``[low, high]``."""
-    want = (_INT_WORDS.get(low, f"an integer >= {low}") if high is None
-            else f"an integer in {low}..{high}")
+def _checked(cast: Callable[[str], float], ok: Callable[[float], bool], want: str,
+             name: str) -> Callable[[str], float]:
+    """An argparse ``type``: ``cast`` the text, then require ``ok``; a one-line error says ``want``."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}") from None
-        if value < low or (high is not None and value > high):
+        if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}")
         return value
 
     parse.__name__ = name
     return parse
+
+
+def _int_type(low: int, high: int | None = None, name: str = "int") -> Callable[[str], int]:
+    """An argparse ``type`` that accepts integers in ``[low, high]``."""
+    want = (_INT_WORDS.get(low, f"an integer >= {low}") if high is None
+            else f"an integer in {low}..{high}")
+    return _checked(int, lambda v: v >= low and (high is None or v <= high), want, name)
 
 
 def _float_type(low: float, high: float | None = None, low_open: bool = False,
@@ -340,19 +346,8 @@ def _float_type(low: float, high: float | None = None, low_open: bool = False,
     lo = f"> {low:g}" if low_open else f">= {low:g}"
     want = (f"a number {lo}" if high is None
             else f"a number in {'(' if low_open else '['}{low:g}, {high:g}]")
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}") from None
-        if not math.isfinite(value) or value < low or (low_open and value == low) or (
-                high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {want}, but got {text!r}")
-        return value
-
-    parse.__name__ = name
-    return parse
+    return _checked(float, lambda v: math.isfinite(v) and (v > low if low_open else v >= low)
+                    and (high is None or v <= high), want, name)
 
 
 _positive_int = _int_type(1, name="positive_int")
@@ -365,14 +360,7 @@ _fraction = _float_type(0.0, 1.0, low_open=True, name="fraction")
 _std_value = _float_type(0.0, low_open=True, name="std")
 
 
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, but got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, but got {text!r}")
-    return value
+_finite_float = _checked(float, math.isfinite, "a finite number", "finite_float")
 
 
 def _device(text: str) -> str:
