@@ -160,6 +160,15 @@ def test_search_and_export_from_anywhere(user, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     info = json.loads((elsewhere / "best" / "export.json").read_text())
     assert info["tuned"] and info["final"]["test_accuracy"] is not None
+    # the user's own evaluation of the exported model agrees with export.json, image for image
+    exported = load_pruned(elsewhere / "best").eval()
+    from timm.data import resolve_data_config
+
+    assert resolve_data_config({}, model=exported)["mean"] == [0.5]  # the preprocessing travels with it
+    xt, yt = _split(r / "data", "test")
+    with torch.no_grad():
+        correct = int((exported(xt).argmax(-1) == yt).sum())
+    assert correct / len(yt) == pytest.approx(info["final"]["test_accuracy"], abs=1e-9)
     monkeypatch.chdir(work)  # the same export from the study's own folder
     code, _, err = run(["export", "--out", "here"], capsys)
     assert code == 0, err
