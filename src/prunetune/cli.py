@@ -290,8 +290,8 @@ def cmd_dashboard(args) -> int:
     from .search._study import make_storage
 
     _check_bindable(args.host, args.port)  # a busy port fails before the storage is opened
-    load_study(args.storage, args.study)  # fail early with a clear message
-    print(f"optuna-dashboard for study {args.study} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    study = load_study(args.storage, args.study)  # fail early with a clear message
+    print(f"optuna-dashboard for study {study.study_name} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     try:
         run_server(make_storage(args.storage, heartbeat=False), host=args.host, port=args.port)
     except OSError as e:  # the port was taken between the check and the start
