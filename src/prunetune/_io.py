@@ -83,23 +83,27 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _clean_leftovers(out: Path) -> None:
-    """Removes what a killed writer left; a swap it had begun is rolled back to the old entries.
+def _undo_swap(out: Path, tmp: Path | None, old: Path, names: list[str]) -> None:
+    """Puts ``out`` back as it was before a swap of ``names`` began.
 
-    The swap's manifest lists every entry it was to replace. An entry whose new version is no
-    longer in the temporary folder had been moved into ``out``: it is removed. An entry moved
-    aside into the ``.old`` folder is put back.
+    A name whose new version is no longer in ``tmp`` had been moved into ``out``: it is
+    removed. A name moved aside into ``old`` is put back.
     """
+    for name in names:
+        if tmp is None or not (tmp / name).exists():
+            _remove(out / name)
+        if (old / name).exists() or (old / name).is_symlink():
+            os.replace(old / name, out / name)
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Removes what a killed writer left; a swap it had begun is rolled back (its manifest
+    lists every entry it was to replace)."""
     for parts in _leftovers(out).values():
         tmp, old = parts.get("tmp"), parts.get("old")
         if old is not None and (old / _MANIFEST).is_file():
-            for name in (old / _MANIFEST).read_text().splitlines():
-                if not name:
-                    continue
-                if tmp is None or not (tmp / name).exists():
-                    _remove(out / name)
-                if (old / name).exists() or (old / name).is_symlink():
-                    os.replace(old / name, out / name)
+            names = [n for n in (old / _MANIFEST).read_text().splitlines() if n]
+            _undo_swap(out, tmp, old, names)
         for p in (tmp, old):
             if p is not None:
                 shutil.rmtree(p, ignore_errors=True)
@@ -168,11 +172,7 @@ def atomic_dir(out: str | Path):
                 os.replace(f, dest)
                 fault_point("export")
         except BaseException:
-            for name in moved:  # roll back: new entries out, old entries back in
-                dest = out / name
-                _remove(dest)
-                if (old / name).exists() or (old / name).is_symlink():
-                    os.replace(old / name, dest)
+            _undo_swap(out, tmp, old, moved)
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,7 @@ Shared by the CLI and the Python API so both behave the same.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ class Loaded:
     preprocessing: Preprocessing | None = None
     #: the dense model's val accuracy (None without data)
     dense_accuracy: float | None = None
+    _val: dict = field(default_factory=dict, repr=False)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -56,9 +57,12 @@ class Loaded:
         return calibration_batches(self.data.train, num_samples, batch_size, seed)
 
     def val_batches(self, batch_size: int = 256) -> list:
+        """The validation split as batches, read and transformed once per batch size."""
         if self.data is None:
             raise PrunetuneError("this needs data: pass --data (an ImageFolder directory or a torchvision name)")
-        return list(make_loader(self.data.val, batch_size))
+        if batch_size not in self._val:
+            self._val[batch_size] = list(make_loader(self.data.val, batch_size))
+        return self._val[batch_size]
 
 
 @dataclass(frozen=True)
@@ -145,8 +149,6 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
     load_weights(model, checkpoint)
     model.to(dev).eval()
     arch = ViTArch.from_model(model)
-    splits = pre = None
-    dense = None
     if need_data:
         if data is None and spec.name != DEFAULT_MODEL:
             raise PrunetuneError(f"--data is required for model {spec.name}; the digits default fits only digits_vit")
@@ -171,7 +173,8 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
             )
         from .evaluators import evaluate_accuracy
 
-        dense = evaluate_accuracy(model, list(make_loader(splits.val, 256))).accuracy
+        loaded = Loaded(spec, model, arch, splits, dev, pre)
+        loaded.dense_accuracy = dense = evaluate_accuracy(model, loaded.val_batches()).accuracy
         classes = splits.num_classes or arch.num_classes
         if announce is not None:
             test = "" if splits.test is not None else "; no test split"
@@ -182,4 +185,5 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
                 f"the dense model scores {100 * dense:.2f} % on val, within 5 points of chance ({100 / classes:.1f} %): "
                 f"check the normalisation ({pre.describe().removeprefix('preprocessing: ')}), the channels and "
                 f"the class order (class folders are read in sorted order); --skip-dense-check runs anyway")
-    return Loaded(spec, model, arch, splits, dev, pre, dense)
+        return loaded
+    return Loaded(spec, model, arch, None, dev)

@@ -48,7 +48,8 @@ def _incomplete_reason(status: dict) -> str:
 
 
 def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: SearchSettings, dest: Path,
-                untuned: bool, evaluator=None) -> dict:
+                final_dir: Path, untuned: bool, evaluator=None) -> dict:
+    """Writes one member into ``dest`` (a temporary folder that becomes ``final_dir``)."""
     from .._pruned import CONFIG_FILE, WEIGHTS_FILE, save_pruned
 
     final = study.user_attrs.get(f"final_{t.number}")
@@ -80,7 +81,8 @@ def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: Sear
         info["weights"] = "pruned, not fine-tuned" + (
             " (--untuned: its Pareto-stage weights are missing)" if final else " (no Pareto-stage result)")
         info["tuned"] = False
-    info["reproduce"] = _reproduce(settings, "config.json") if info["tuned"] else None
+    config_path = shlex.quote(str((final_dir / CONFIG_FILE).resolve()))
+    info["reproduce"] = _reproduce(settings, config_path) if info["tuned"] else None
     return info
 
 
@@ -124,12 +126,9 @@ def export(study: optuna.Study, out: str | Path, whole_front: bool = False, eval
             members += [(t, tmp / "front" / f"trial_{t.number}") for t in pareto_front(study)]
         for t, dest in members:
             dest.mkdir(parents=True, exist_ok=True)
-            info = _export_one(study, t, settings, dest, untuned, evaluator)
+            info = _export_one(study, t, settings, dest, out / dest.relative_to(tmp), untuned, evaluator)
             if not status["complete"]:
-                info["partial"] = (f"exported from an unfinished study: {_incomplete_reason(status)}")
-            if info["reproduce"]:
-                info["reproduce"] = info["reproduce"].replace(
-                    "--config config.json", f"--config {shlex.quote(str((out / dest.relative_to(tmp) / 'config.json').resolve()))}")
+                info["partial"] = f"exported from an unfinished study: {_incomplete_reason(status)}"
             (dest / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
             infos.append(info)
     return infos

@@ -158,7 +158,8 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     """Fails in one line unless something accepts connections at ``address`` (ray.init would wait)."""
     if not isinstance(address, str) or not address.strip() or address.strip() == "local":
         raise PrunetuneError(f"--address {address!r} is not a cluster address; use host:port or ray://host:port")
-    hostport = address.strip().removeprefix("ray://")
+    address = address.strip()
+    hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise PrunetuneError(f"--address {address!r} is not host:port or ray://host:port")
@@ -192,9 +193,8 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
                 f"to 127.0.0.1); set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray, or start a "
                 f"cluster yourself and pass --address")
         return
-    if not isinstance(address, str) or not address.strip() or address.strip() == "local":
-        raise PrunetuneError(f"--address {address!r} is not a cluster address; use host:port or ray://host:port")
-    check_address(address.strip())
+    check_address(address)
+    address = address.strip()
     try:
         if address.startswith("ray://"):
             ray.init(address=address, **quiet)
