@@ -8,15 +8,17 @@ still being written, and clean it up.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ._faults import fault_point
-from .errors import PrunetuneError
+from .errors import ConfigError, PrunetuneError
 
 __all__ = ["atomic_write_text", "atomic_dir", "prepare_out"]
 
@@ -177,3 +179,57 @@ def atomic_dir(out: str | Path):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """Reads a JSON (or, by suffix, YAML) file that must hold a mapping.
+
+    Raises:
+        ConfigError: The file is missing, a directory, unreadable, not UTF-8 text, empty,
+            malformed, or holds something other than a mapping. The message names the file.
+    """
+    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+    if path.is_dir():
+        raise ConfigError(f"{what} file {path} is a directory; pass a JSON or YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text (byte {e.start} cannot be "
+                          f"decoded); pass a {kind} file") from None
+    except OSError as e:
+        raise ConfigError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
+    if not text.strip():
+        raise ConfigError(f"{what} file {path} is empty; it must hold a {kind} mapping")
+    if kind == "YAML":
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{what} file {path} is malformed YAML: {yaml_problem(e)}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{what} file {path} is malformed JSON: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{what} file {path} is nested too deeply to read") from None
+    if not isinstance(data, dict):
+        got = "null" if data is None else type(data).__name__
+        shape = "JSON object" if kind == "JSON" else "YAML mapping"
+        raise ConfigError(f"{what} file {path} must hold a mapping ({shape}), but holds a {got}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{what} file {path} must have text keys, but has the key {bad[0]!r}")
+    return data
+
+
+def yaml_problem(e: Exception) -> str:
+    """One line for a YAML error: the problem and where it is."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())[:200]

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, PrunetuneError
+from ._io import read_mapping, yaml_problem
 from .models import ModelSpec, ViTArch
+from .registry import SALIENCIES, TOKEN_MODES
 
 if TYPE_CHECKING:
     from .pruners._saliency import SaliencyScores
@@ -124,11 +126,9 @@ class PruningConfig:
         object.__setattr__(self, "schema_version", SCHEMA_VERSION)
         if self.width_mode not in WIDTH_MODES:
             raise ConfigError(f"`width_mode` must be one of {WIDTH_MODES}, but got {self.width_mode!r}")
-        from .pruners._saliency import list_saliencies
-
-        if self.criterion not in list_saliencies():
+        if self.criterion not in SALIENCIES:
             raise ConfigError(
-                f"unknown criterion {self.criterion!r}; choose one of {', '.join(list_saliencies())}"
+                f"unknown criterion {self.criterion!r}; choose one of {', '.join(SALIENCIES.names())}"
             )
         for i, b in enumerate(blocks):
             if self.width_mode == "count" and b.uses_thresholds:
@@ -140,9 +140,10 @@ class PruningConfig:
         for i, b in enumerate(blocks):
             if not b.keep and b.token_keep < 1.0:
                 raise ConfigError(f"block {i} is dropped (keep=false) but sets token_keep={b.token_keep}; remove one")
-        from .pruners._tokens import check_token_config
-
-        check_token_config(self)
+        if self.token_mode not in TOKEN_MODES:
+            raise ConfigError(f"`token_mode in {tuple(TOKEN_MODES.names())}` must hold, but got "
+                              f"token_mode={self.token_mode!r}")
+        TOKEN_MODES.get(self.token_mode).validate(self)
 
     # --- construction helpers -------------------------------------------------------------
     @classmethod
@@ -296,7 +297,7 @@ class PruningConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"malformed YAML: {_yaml_problem(e)}") from None
+            raise ConfigError(f"malformed YAML: {yaml_problem(e)}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
@@ -310,7 +311,7 @@ class PruningConfig:
     def load(cls, path: str | Path) -> PruningConfig:
         """Reads a JSON or YAML config file; errors name the file."""
         path = Path(path)
-        data = _read_mapping(path, what="config")
+        data = read_mapping(path, what="config")
         try:
             return cls.from_dict(data)
         except PrunetuneError as e:
@@ -337,57 +338,3 @@ def _count_at_threshold(scores, threshold: float) -> int:
     if top <= 0:
         return int(s.numel())  # nothing to tell the units apart: keep all
     return max(1, int((s / top >= threshold).sum().item()))
-
-
-def _read_mapping(path: Path, what: str) -> dict[str, Any]:
-    """Reads a JSON (or, by suffix, YAML) file that must hold a mapping.
-
-    Raises:
-        ConfigError: The file is missing, a directory, unreadable, not UTF-8 text, empty,
-            malformed, or holds something other than a mapping. The message names the file.
-    """
-    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
-    if path.is_dir():
-        raise ConfigError(f"{what} file {path} is a directory; pass a JSON or YAML file")
-    if not path.is_file():
-        raise ConfigError(f"{what} file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{what} file {path} is not UTF-8 text (byte {e.start} cannot be "
-                          f"decoded); pass a {kind} file") from None
-    except OSError as e:
-        raise ConfigError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
-    if not text.strip():
-        raise ConfigError(f"{what} file {path} is empty; it must hold a {kind} mapping")
-    if kind == "YAML":
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{what} file {path} is malformed YAML: {_yaml_problem(e)}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{what} file {path} is malformed JSON: {e}") from None
-        except RecursionError:
-            raise ConfigError(f"{what} file {path} is nested too deeply to read") from None
-    if not isinstance(data, dict):
-        got = "null" if data is None else type(data).__name__
-        shape = "JSON object" if kind == "JSON" else "YAML mapping"
-        raise ConfigError(f"{what} file {path} must hold a mapping ({shape}), but holds a {got}")
-    bad = [k for k in data if not isinstance(k, str)]
-    if bad:
-        raise ConfigError(f"{what} file {path} must have text keys, but has the key {bad[0]!r}")
-    return data
-
-
-def _yaml_problem(e: Exception) -> str:
-    """One line for a YAML error: the problem and where it is."""
-    problem = getattr(e, "problem", None) or getattr(e, "context", None)
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(e).split())[:200]

@@ -22,6 +22,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from ._io import read_mapping
 from .errors import CheckpointError, UnsupportedModelError
 
 __all__ = [
@@ -166,10 +167,8 @@ def resolve_model_spec(model: str | None) -> ModelSpec:
     if model.strip() and (path.suffix.lower() in (".json", ".yaml", ".yml") or path.is_dir()):
         if not path.exists():
             raise UnsupportedModelError(f"model file {model} does not exist")
-        from .config import _read_mapping
-
         try:
-            return ModelSpec.from_obj(_read_mapping(path, what="model"))
+            return ModelSpec.from_obj(read_mapping(path, what="model"))
         except UnsupportedModelError as e:
             raise UnsupportedModelError(f"model file {model}: {e}") from None
     return ModelSpec(model)

@@ -14,26 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import registrar
+from ..registry import PROXIES
 from ._accuracy import evaluate_accuracy
 from ._finetune import finetune
 
 __all__ = ["register_proxy", "get_proxy", "list_proxies", "ZeroShotProxy", "ShortKDProxy"]
 
-_REGISTRY: dict[str, type] = {}
-
-
 def register_proxy(name: str) -> Callable[[type], type]:
     """Class decorator registering a proxy evaluator under ``name`` (duplicates warn)."""
-    return registrar(_REGISTRY, "proxy", name)
+    return PROXIES.register(name)
 
 
 def list_proxies() -> list[str]:
-    return sorted(_REGISTRY)
+    return PROXIES.names()
 
 
 def get_proxy(name: str, **kwargs):
-    return _REGISTRY[name](**kwargs)
+    return PROXIES.get(name)(**kwargs)
 
 
 @torch.no_grad()

@@ -1,12 +1,12 @@
-"""The pruner registry: one small module per pruning kind."""
+"""The pruner protocol; pruners are registered in :data:`prunetune.registry.PRUNERS`."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from torch import nn
+
+from ..registry import PRUNERS
 
 if TYPE_CHECKING:
     from ..config import PruningConfig
@@ -31,25 +31,15 @@ class Pruner(Protocol):
     def apply(self, model: nn.Module, config: PruningConfig, scores: SaliencyScores | None) -> None: ...
 
 
-_REGISTRY: dict[str, Pruner] = {}
-
-
-def register_pruner(name: str, order: int) -> Callable[[type], type]:
+def register_pruner(name: str, order: int):
     """Class decorator: registers an instance of the class under ``name`` (duplicates warn)."""
-
-    def deco(cls: type) -> type:
-        if name in _REGISTRY:
-            warnings.warn(f"pruner {name!r} registered twice; the later one wins", stacklevel=2)
-        cls.name, cls.order = name, order
-        _REGISTRY[name] = cls()
-        return cls
-
-    return deco
+    return PRUNERS.register(name, order=order)
 
 
 def get_pruner(name: str) -> Pruner:
-    return _REGISTRY[name]
+    return PRUNERS.get(name)
 
 
 def list_pruners() -> list[str]:
-    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+    """Registered pruners in the order they run."""
+    return PRUNERS.names()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import registrar
+from ..registry import SALIENCIES
 from ..errors import ConfigError
 
 __all__ = [
@@ -63,16 +63,13 @@ class Saliency(Protocol):
     def scores(self, model: nn.Module, batches: Iterable) -> SaliencyScores: ...
 
 
-_REGISTRY: dict[str, type] = {}
-
-
 def register_saliency(name: str) -> Callable[[type], type]:
     """Class decorator registering a saliency criterion under ``name`` (duplicates warn)."""
-    return registrar(_REGISTRY, "saliency", name)
+    return SALIENCIES.register(name)
 
 
 def list_saliencies() -> list[str]:
-    return sorted(_REGISTRY)
+    return SALIENCIES.names()
 
 
 def get_saliency(criterion: str | Saliency, **kwargs) -> Saliency:
@@ -83,9 +80,9 @@ def get_saliency(criterion: str | Saliency, **kwargs) -> Saliency:
         if not isinstance(criterion, Saliency):
             raise ConfigError(f"a saliency must have .name and .scores(model, batches), got {criterion!r}")
         return criterion
-    if criterion not in _REGISTRY:
+    if criterion not in SALIENCIES:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(list_saliencies())}")
-    return _REGISTRY[criterion](**kwargs)
+    return SALIENCIES.get(criterion)(**kwargs)
 
 
 def compute_scores(model: nn.Module, criterion: str | Saliency, batches: Iterable | None, **kwargs) -> SaliencyScores:

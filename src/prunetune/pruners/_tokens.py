@@ -36,6 +36,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedModelError
+from ..registry import TOKEN_MODES as _MODE_REGISTRY
 from ._registry import register_pruner
 
 __all__ = [
@@ -109,8 +110,6 @@ def token_schedule(config, arch, heads: list[int]) -> tuple[list[int], list[int]
 
 def check_token_config(config) -> None:
     """Mode-level rules that need no model (called by PruningConfig)."""
-    if config.token_mode not in TOKEN_MODES:
-        raise ConfigError(f"`token_mode` must be one of {TOKEN_MODES}, but got {config.token_mode!r}")
     if config.token_mode == "learned":
         return
     first = next(i for i, b in enumerate(config.blocks) if b.keep)
@@ -352,5 +351,11 @@ class _TokenPruner:
             prev.k_norm.register_forward_hook(_Capture(ctx, "k", prev.scale))
 
 
+class _ModeShim:
+    def validate(self, config) -> None:
+        check_token_config(config)
+
+
 for _mode in TOKEN_MODES:
+    _MODE_REGISTRY.register(_mode)(type(f"Mode_{_mode}", (_ModeShim,), {}))
     register_pruner(f"tokens_{_mode}", order=80)(type(f"TokenPruner_{_mode}", (_TokenPruner,), {"mode": _mode}))

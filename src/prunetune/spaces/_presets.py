@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..config import _read_mapping
+from .._io import read_mapping
 from ..errors import ConfigError
 from ..models import ModelSpec, ViTArch
 from ..pruners._tokens import TOKEN_MODES
@@ -162,7 +162,7 @@ def load_space(model: ModelSpec | str, preset_or_file: str | None) -> SearchSpac
         )
     path = Path(preset_or_file)
     if preset_or_file.strip() and (path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_dir()):
-        data = _read_mapping(path, what="search-space")
+        data = read_mapping(path, what="search-space")
         try:
             return build_space(model, data.get("preset", "hybrid"), data)
         except ConfigError as e:
