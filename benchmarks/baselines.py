@@ -40,9 +40,15 @@ import optuna
 
 from prunetune import PruningConfig, estimate_cost, evaluate_accuracy
 from prunetune.data import make_loader
-from prunetune.search import search
-from prunetune.search._search import Evaluator, SearchSettings, best_trial
-from prunetune.search._study import load_study
+from prunetune.search import (
+    Evaluator,
+    SearchSettings,
+    TrialRecord,
+    best_trial,
+    load_study,
+    search,
+    study_entry,
+)
 
 CHANCE = 0.1  # digits: 10 classes
 
@@ -64,8 +70,9 @@ def hv_history(study: optuna.Study, dense_macs: float, fraction: float) -> list[
                 and t.state != optuna.trial.TrialState.FAIL]
     pts, out = [], []
     for t in finished:
-        if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("constraint", [1])[0] <= 0:
-            pts.append((t.values[0], t.user_attrs["macs"] / dense_macs))
+        rec = TrialRecord.of(t)
+        if t.state == optuna.trial.TrialState.COMPLETE and rec.feasible:
+            pts.append((t.values[0], rec.macs / dense_macs))
         out.append(hypervolume(pts, CHANCE, fraction))
     return out
 
@@ -109,9 +116,9 @@ def run_search(budget: int, sampler: str, seed: int, trials: int, work: Path, mo
     name = f"{sampler}_b{budget}_s{seed}"
     res = search(f"flops={budget}%", progress=False, sampler=sampler, seed=seed, n_trials=trials, storage=storage,
                  study=name, artifacts=str(work / "artifacts" / name))
-    dense = res.study.user_attrs["dense"]
+    dense = study_entry(res.study, "dense")
     best, final = best_trial(res.study)
-    row = {"macs_ratio": best.user_attrs["macs"] / dense["macs"], "val": final["val_accuracy"],
+    row = {"macs_ratio": TrialRecord.of(best).macs / dense["macs"], "val": final["val_accuracy"],
            "test": final["test_accuracy"], "best_trial": best.number,
            "hv": hv_history(res.study, dense["macs"], budget / 100),
            "finals": [dict(r, budget=budget, sampler=sampler, seed=seed) for r in res.finals.values()]}
@@ -234,15 +241,15 @@ def report(runs: list[dict], budgets: list[int], a) -> None:
     proxy = {}
     if len(finals) >= 3:
         final = [f["val_accuracy"] for f in finals]
-        for tier, key in (("tier_a", "tier_a_score"), ("tier_b", "tier_b_accuracy")):
-            tau, pv = _kendall([f[key] for f in finals], final)
+        for tier, key in (("tier_a", "a"), ("tier_b", "b")):
+            tau, pv = _kendall([f["tiers"][key] for f in finals], final)
             proxy[tier] = {"tau": tau, "p": pv}
         for budget in budgets:
             fb = [f for f in finals if f["budget"] == budget]
             if len(fb) >= 3:
-                proxy[f"tier_b_at_{budget}"] = dict(zip(("tau", "p"), _kendall([f["tier_b_accuracy"] for f in fb],
+                proxy[f"tier_b_at_{budget}"] = dict(zip(("tau", "p"), _kendall([f["tiers"]["b"] for f in fb],
                                                                                 [f["val_accuracy"] for f in fb])))
-                proxy[f"tier_a_at_{budget}"] = dict(zip(("tau", "p"), _kendall([f["tier_a_score"] for f in fb],
+                proxy[f"tier_a_at_{budget}"] = dict(zip(("tau", "p"), _kendall([f["tiers"]["a"] for f in fb],
                                                                                 [f["val_accuracy"] for f in fb])))
         proxy["n"] = len(finals)
         print(f"\nproxy fidelity over {len(finals)} fine-tuned configurations (Kendall tau vs final val accuracy):")

@@ -18,7 +18,7 @@ import optuna
 
 from prunetune import PruningConfig, build_model, estimate_cost, prune
 from prunetune.models import ModelSpec, ViTArch
-from prunetune.search._budget import parse_budget, repair
+from prunetune.search import parse_budget, repair
 from prunetune.spaces import build_space
 
 

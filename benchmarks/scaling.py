@@ -1,7 +1,7 @@
 """Scaling: completed trials per minute with 1 and 2 workers, via Ray Tune and via a shared PostgreSQL study.
 
 Each condition runs a fresh search on the embedded default (budget flops=50 %, default tiers,
-no Pareto stage) in its own process, with every trial sent to tier b (``tier_a_warmup`` = the trial
+no Pareto stage) in its own process, with every trial sent to tier b (tier a's ``warmup`` = the trial
 count) so each trial is the same amount of work. The CPU cores are split between the workers:
 1 worker uses all torch threads, 2 workers use half each (Ray does this itself; the PostgreSQL
 processes set it). Throughput is counted from the study's own timestamps: completed trials divided
@@ -28,12 +28,12 @@ from pathlib import Path
 WORKER = r"""
 import sys, torch, optuna
 from prunetune.errors import PrunetuneError
-from prunetune.search import search
+from prunetune.search import default_tiers, search
 threads, storage, study, trials, backend, workers = sys.argv[1:7]
 torch.set_num_threads(int(threads))
 try:
     search("flops=50%", progress=False, storage=storage, study=study, n_trials=int(trials),
-           tier_a_warmup=int(trials), run_final=False, backend=backend, workers=int(workers))
+           tiers=default_tiers(warmup=int(trials)), run_final=False, backend=backend, workers=int(workers))
 except PrunetuneError as e:
     sys.exit(f"scaling worker: {e}")
 """

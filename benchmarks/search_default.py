@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunetune import evaluate_accuracy, load_pruned, search
-from prunetune._session import load_base
+from prunetune import evaluate_accuracy, load_base, load_pruned, search
 from prunetune.data import make_loader
 from prunetune.models import ModelSpec
-from prunetune.search._export import export
+from prunetune.search import TrialRecord, export, study_entry
 
 
 def main() -> None:
@@ -42,16 +41,16 @@ def main() -> None:
         test = make_loader(base.data.test, 256)
         dense_test = evaluate_accuracy(base.model, test).accuracy
         best_test = evaluate_accuracy(best, test).accuracy
-        dense = res.study.user_attrs["dense"]
+        dense = study_entry(res.study, "dense")
         final = res.finals.get(res.best_trial.number, {})
     row = {
         "budget": a.budget, "seconds": round(seconds, 1), "trials": len(res.study.trials),
-        "best_trial": res.best_trial.number, "best_macs_ratio": round(res.best_trial.user_attrs["macs"] / dense["macs"], 4),
+        "best_trial": res.best_trial.number, "best_macs_ratio": round(TrialRecord.of(res.best_trial).macs / dense["macs"], 4),
         "dense_val": dense["val_accuracy"], "best_val": final.get("val_accuracy"),
         "dense_test": dense_test, "best_test": best_test,
         "test_drop_points": round(100 * (dense_test - best_test), 2),
         "meets_time": seconds < 600, "meets_accuracy": 100 * (dense_test - best_test) <= 2.0,
-        "kendall_tau": res.study.user_attrs.get("proxy_kendall_tau"),
+        "kendall_tau": study_entry(res.study, "proxy_kendall_tau"),
     }
     print(f"{'budget':10} {'time':>8} {'x MACs':>7} {'dense test %':>12} {'best test %':>11} {'drop':>6}  targets")
     print(f"{a.budget:10} {seconds:7.0f}s {row['best_macs_ratio']:7.3f} {100 * dense_test:12.2f} "

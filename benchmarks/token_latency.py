@@ -23,7 +23,7 @@ import torch
 
 from _common import interleaved_latency
 from prunetune import BlockConfig, ModelSpec, PruningConfig, build_model, estimate_cost, prune
-from prunetune.pruners._tokens import TOKEN_MODES
+from prunetune.registry import TOKEN_MODES
 
 MODELS = {
     "digits_vit": ModelSpec("digits_vit"),

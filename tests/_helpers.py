@@ -14,12 +14,13 @@ import pytest
 from optuna.trial import TrialState
 
 from prunetune.cli import main
+from prunetune.search import default_tiers
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 #: Settings of every in-process search: a few trials, a few tier-b steps, a short Pareto stage.
-TINY = {"n_trials": 3, "tier_b_steps": 5, "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
+TINY = {"n_trials": 3, "tiers": default_tiers(steps=5), "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
         "front_max": 2, "device": "cpu"}
 #: The same for ``prunetune search`` (its identity settings match TINY, so studies can be shared).
 TINY_CLI = ["--tier-b-steps", "5", "--calib-samples", "64", "--batch-size", "16", "--final-epochs", "0.1",

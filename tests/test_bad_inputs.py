@@ -232,7 +232,7 @@ def _write_spaces(d: Path) -> None:
 def _write_studies(d: Path) -> None:
     import optuna
 
-    from prunetune.search._search import SearchSettings
+    from prunetune.search import SearchSettings
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -242,7 +242,7 @@ def _write_studies(d: Path) -> None:
         started = optuna.create_study(
             study_name="started", storage=url, directions=["maximize", "minimize"]
         )
-        started.set_user_attr("settings", asdict(SearchSettings(storage=url, study="started")))
+        started.set_user_attr("settings", SearchSettings(storage=url, study="started").to_dict())
         optuna.create_study(study_name="plain", storage=f"sqlite:///{d / 'readonly.db'}")
     finally:
         optuna.logging.set_verbosity(verbosity)

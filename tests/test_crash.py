@@ -24,7 +24,8 @@ from prunetune.search import load_study
 
 N_TRIALS = 4
 GRACE = 6  # seconds before a silent trial counts as dead (the shortest the heartbeat allows)
-SETTINGS = {"n_trials": N_TRIALS, "tier_b_steps": 5, "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
+SETTINGS = {"n_trials": N_TRIALS, "tiers": [{"proxy": "zero_shot", "keep": 0.5, "warmup": 4},
+                                                {"proxy": "short_kd", "options": {"steps": 5}}], "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
             "front_max": 2, "device": "cpu", "seed": 0, "grace_period": GRACE, "study": "crash"}
 _SEARCH = "import json, sys, prunetune; prunetune.search(progress=False, **json.loads(sys.argv[1]))"
 

@@ -7,9 +7,9 @@ import pytest
 from prunetune import PruningConfig
 from prunetune.evaluators import _latency_table
 from prunetune.evaluators._latency_table import LatencyTable
-from prunetune.search import load_study, search
+from prunetune.search import default_tiers, load_study, search
 
-TINY = {"n_trials": 3, "tier_b_steps": 5, "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
+TINY = {"n_trials": 3, "tiers": default_tiers(steps=5), "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
         "front_max": 2}
 
 

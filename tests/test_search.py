@@ -28,7 +28,7 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
-import prunetune.search._search as search_mod
+import prunetune.search._evaluate as search_mod
 from _helpers import (  # noqa: E402
     DONE,
     PG_URL,
@@ -52,6 +52,7 @@ from prunetune.errors import ConfigError, InfeasibleConfigError, PrunetuneError
 from prunetune.evaluators import ShortKDProxy, estimate_cost, evaluate_accuracy
 from prunetune.models import ModelSpec, ViTArch
 from prunetune.search import SearchSettings, load_study, parse_budget, repair, search
+from prunetune.search import TrialRecord
 from prunetune.search._budget import cost_of, minimum_config
 from prunetune.spaces import PRESETS, Dim, build_space, load_space
 
@@ -108,12 +109,17 @@ def check_readable(study: optuna.Study, n_trials: int, fraction: float = 0.5) ->
         assert estimate_cost(config, ARCH).macs == a["macs"] == t.values[1]
         assert a["macs"] <= limit and a["constraint"][0] <= 0
         assert a["flops"] == 2 * a["macs"]
-        assert isinstance(a["tier_a_kl"], float) and a["tier_a_kl"] >= -1e-6
-        assert a["tier_b_accuracy"] == t.values[0]
+        rec = TrialRecord.of(t)
+        assert [r.tier for r in rec.tiers] == ["a", "b"] and rec.stopped is None
+        assert rec.tiers[0].proxy == "zero_shot" and rec.tiers[0].details["kl"] >= -1e-6
+        assert rec.tiers[1].proxy == "short_kd" and rec.tiers[1].score == t.values[0]
+        assert rec.macs == a["macs"] and rec.feasible
     for t in trials:
         if t.state == TrialState.PRUNED:
             assert t.values is None
-            assert "infeasible" in t.user_attrs or "tier_b" in t.user_attrs
+            rec = TrialRecord.of(t)
+            assert rec.stopped.startswith(("infeasible", "stopped after tier a")), rec
+            assert rec.stopped.startswith("infeasible") or not rec.tiers[-1].passed
 
 
 def check_report(storage: str, study: str, out: Path, capsys, budget: str = "flops=50%") -> None:
@@ -389,7 +395,7 @@ def test_search_builds_no_config_over_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr(search_mod, "prune", spy)
     # tier b (a short fine-tune) is not what this test is about; keep the search quick
-    monkeypatch.setattr(ShortKDProxy, "score", lambda self, model, data: 0.5)
+    monkeypatch.setattr(ShortKDProxy, "score", lambda self, model: 0.5)
     res = search("flops=30%", progress=False, **{**TINY, "n_trials": 6}, sampler="random", run_final=False,
                  storage=sqlite_url(tmp_path / "b.db"), study="b", artifacts=str(tmp_path / "art"))
     limit = 0.3 * DENSE_MACS
@@ -416,16 +422,14 @@ def test_unreachable_budget_fails_before_any_trial(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "low.db").exists()  # a failed start leaves no storage, no study, no settings
 
 
-def test_tier_a_gate():
-    gate = search_mod.Evaluator._passes_tier_a
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    ev = type("FakeEvaluator", (), {"s": SearchSettings(tier_a_warmup=0, tier_b_fraction=0.5)})()
-    assert gate(ev, study, -5.0)  # nothing to compare with yet: passes (no IndexError)
-    for score in (-4.0, -3.0, -2.0, -1.0):
-        study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"tier_a_score": score}))
-    assert gate(ev, study, -2.0) and not gate(ev, study, -2.5)  # the better half goes on to tier b
-    ev.s = SearchSettings(tier_a_warmup=5)
-    assert gate(ev, study, -9.0)  # still warming up
+def test_tier_gate():
+    from prunetune.evaluators import gate_passes
+
+    assert gate_passes(-5.0, [], keep=0.5, warmup=0)  # nothing to compare with yet: passes
+    earlier = [-4.0, -3.0, -2.0, -1.0]
+    assert gate_passes(-2.0, earlier, 0.5, 0) and not gate_passes(-2.5, earlier, 0.5, 0)  # better half
+    assert gate_passes(-9.0, earlier, 0.5, warmup=5)  # still warming up
+    assert gate_passes(-9.0, earlier, 1.0, 0)  # keep=1: everything goes on
 
 
 # --- backends, reproducibility, report -----------------------------------------------------
@@ -483,7 +487,7 @@ def test_ray_backend_study_is_readable(tmp_path, capsys):
     check_readable(study, TINY["n_trials"], fraction=0.05)
     first, second = study.trials[:2]
     assert first.params.items() >= too_big.items() and second.params.items() >= fits.items()
-    assert first.state == TrialState.PRUNED and "no scaling" in first.user_attrs["infeasible"]
+    assert first.state == TrialState.PRUNED and "no scaling" in TrialRecord.of(first).stopped
     assert second.state == TrialState.COMPLETE
     assert res.finals == {}
     check_report(url, "ray", tmp_path / "report", capsys, budget="flops=5%")

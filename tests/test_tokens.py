@@ -19,11 +19,11 @@ from prunetune import (
 from prunetune.evaluators import finetune
 from prunetune.pruners._tokens import (
     TOKEN_MODES,
-    _Context,
-    _reduce_merge,
+    TokenContext,
     kept_tokens,
     token_aux_loss,
 )
+from prunetune.registry import TOKEN_MODES as MODE_REGISTRY
 
 SPECS = [
     ModelSpec("digits_vit"),
@@ -150,10 +150,11 @@ def test_merge_preserves_mass_and_sizes():
     b, pre, p, d, dim = 3, 1, 30, 8, 16
     x = torch.randn(b, pre + p, dim)
     for rate in (0.9, 0.5, 0.2):  # 0.2 needs several matching rounds
-        ctx = _Context("merge", pre)
+        merge = MODE_REGISTRY.get("merge")
+        ctx = TokenContext(merge, pre)
         ctx.k = torch.randn(b, 4, pre + p, d)
         blk = type("B", (), {"token_keep": rate})()
-        out = _reduce_merge(blk, ctx, x)
+        out = merge.reduce(blk, ctx, x)
         keep = kept_tokens(p, rate)
         assert out.shape == (b, pre + keep, dim)
         assert torch.equal(out[:, :pre], x[:, :pre])
@@ -220,7 +221,7 @@ def test_token_config_rules():
     dense.replace(token_mode="learned").with_block(0, token_keep=0.5)  # a predictor needs no attention
     with pytest.raises(ConfigError, match="dropped .* token_keep"):
         dense.with_block(3, keep=False, token_keep=0.5)
-    with pytest.raises(ConfigError, match="`token_mode` must be one of"):
+    with pytest.raises(ConfigError, match=r"`token_mode in \(.*\)` must hold, but got token_mode='tome'"):
         dense.replace(token_mode="tome")
     v1 = {"schema_version": 1, "model": "digits_vit", "blocks": [{}] * 6}
     cfg = PruningConfig.from_dict(v1)

@@ -17,9 +17,11 @@ if "RAY_AUTH_MODE" not in _os.environ and (
 ):
     _os.environ["RAY_AUTH_MODE"] = "token"
 
-from . import search  # noqa: E402  (callable: prunetune.search(budget=...) runs a search)  # callable: prunetune.search(budget=...) runs a search
+from . import search  # noqa: E402  (callable: prunetune.search(budget=...) runs a search)
+from ._io import prepare_out
+from ._prune_api import PruneRun, apply_config
 from ._pruned import load_pruned, save_pruned
-from ._session import resolve_device
+from ._session import Loaded, load_base, resolve_device
 from .config import BlockConfig, PruningConfig
 from .errors import (
     CheckpointError,
@@ -29,7 +31,7 @@ from .errors import (
     PrunetuneError,
     UnsupportedModelError,
 )
-from .evaluators import estimate_cost, evaluate_accuracy, measure_latency, measure_macs
+from .evaluators import estimate_cost, evaluate_accuracy, format_macs, measure_latency, measure_macs
 from .models import ModelSpec, ViTArch, build_model
 from .pruners import (
     compute_scores,
@@ -40,7 +42,9 @@ from .pruners import (
     register_pruner,
     register_saliency,
 )
-from .search import SearchResult, SearchSettings
+from .plugins import load_plugins
+from .registry import Registry
+from .search import SearchResult, SearchSettings, TierSpec
 
 __version__ = "0.1.0"
 
@@ -50,6 +54,15 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InfeasibleConfigError",
+    "Loaded",
+    "PruneRun",
+    "Registry",
+    "TierSpec",
+    "apply_config",
+    "format_macs",
+    "load_base",
+    "load_plugins",
+    "prepare_out",
     "ModelSpec",
     "PruningConfig",
     "PrunetuneError",

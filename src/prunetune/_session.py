@@ -124,7 +124,7 @@ def resolve_preprocessing(model: nn.Module, spec: ModelSpec, in_chans: int, mean
 
 def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str | None = None,
               download: bool = False, data_root: str | None = None, device: str | None = None,
-              need_data: bool = True, mean=None, std=None, interpolation: str | None = None,
+              mean=None, std=None, interpolation: str | None = None,
               crop_pct: float | None = None, announce: Callable[[str], None] | None = None,
               check_dense: bool = True) -> Loaded:
     """Builds the base model, loads its weights and its data, and scores the dense model.
@@ -149,41 +149,39 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
     load_weights(model, checkpoint)
     model.to(dev).eval()
     arch = ViTArch.from_model(model)
-    if need_data:
-        if data is None and spec.name != DEFAULT_MODEL:
-            raise PrunetuneError(f"--data is required for model {spec.name}; the digits default fits only digits_vit")
-        # the data's own checks (missing folders, classes) come first, then the preprocessing
-        splits = load_data(data, img_size=model.patch_embed.img_size[0], in_chans=arch.in_chans,
-                           download=download, root=data_root)
-        if data in (None, "digits"):
-            pre = Preprocessing({"builtin": "scikit-learn digits, 8x8 upsampled, (x - 0.5) / 0.5"}, arch.in_chans,
-                                "built in")
-        else:
-            pre = resolve_preprocessing(model, spec, arch.in_chans, mean, std, interpolation, crop_pct)
-            transform = image_transform(pre.data_config, arch.in_chans)
-            for ds in (splits.train, splits.val, splits.test):
-                if ds is not None:
-                    ds.transform = transform
-        if len(splits.train) == 0 or len(splits.val) == 0:
-            raise PrunetuneError(f"data set {splits.name} is empty")
-        if splits.num_classes and splits.num_classes != arch.num_classes:
-            raise PrunetuneError(
-                f"data set {splits.name} has {splits.num_classes} classes but the model's head has "
-                f"{arch.num_classes}; pass a checkpoint trained on this data"
-            )
-        from .evaluators import evaluate_accuracy
+    if data is None and spec.name != DEFAULT_MODEL:
+        raise PrunetuneError(f"--data is required for model {spec.name}; the digits default fits only digits_vit")
+    # the data's own checks (missing folders, classes) come first, then the preprocessing
+    splits = load_data(data, img_size=model.patch_embed.img_size[0], in_chans=arch.in_chans,
+                       download=download, root=data_root)
+    if data in (None, "digits"):
+        pre = Preprocessing({"builtin": "scikit-learn digits, 8x8 upsampled, (x - 0.5) / 0.5"}, arch.in_chans,
+                            "built in")
+    else:
+        pre = resolve_preprocessing(model, spec, arch.in_chans, mean, std, interpolation, crop_pct)
+        transform = image_transform(pre.data_config, arch.in_chans)
+        for ds in (splits.train, splits.val, splits.test):
+            if ds is not None:
+                ds.transform = transform
+    if len(splits.train) == 0 or len(splits.val) == 0:
+        raise PrunetuneError(f"data set {splits.name} is empty")
+    if splits.num_classes and splits.num_classes != arch.num_classes:
+        raise PrunetuneError(
+            f"data set {splits.name} has {splits.num_classes} classes but the model's head has "
+            f"{arch.num_classes}; pass a checkpoint trained on this data"
+        )
+    from .evaluators import evaluate_accuracy
 
-        loaded = Loaded(spec, model, arch, splits, dev, pre)
-        loaded.dense_accuracy = dense = evaluate_accuracy(model, loaded.val_batches()).accuracy
-        classes = splits.num_classes or arch.num_classes
-        if announce is not None:
-            test = "" if splits.test is not None else "; no test split"
-            announce(f"{pre.describe()}; dense val accuracy {100 * dense:.2f} % on {len(splits.val)} images "
-                     f"(chance {100 / classes:.1f} %){test}")
-        if check_dense and classes > 1 and dense <= 1 / classes + 0.05:
-            raise PrunetuneError(
-                f"the dense model scores {100 * dense:.2f} % on val, within 5 points of chance ({100 / classes:.1f} %): "
-                f"check the normalisation ({pre.describe().removeprefix('preprocessing: ')}), the channels and "
-                f"the class order (class folders are read in sorted order); --skip-dense-check runs anyway")
-        return loaded
-    return Loaded(spec, model, arch, None, dev)
+    loaded = Loaded(spec, model, arch, splits, dev, pre)
+    loaded.dense_accuracy = dense = evaluate_accuracy(model, loaded.val_batches()).accuracy
+    classes = splits.num_classes or arch.num_classes
+    if announce is not None:
+        test = "" if splits.test is not None else "; no test split"
+        announce(f"{pre.describe()}; dense val accuracy {100 * dense:.2f} % on {len(splits.val)} images "
+                 f"(chance {100 / classes:.1f} %){test}")
+    if check_dense and classes > 1 and dense <= 1 / classes + 0.05:
+        raise PrunetuneError(
+            f"the dense model scores {100 * dense:.2f} % on val, within 5 points of chance ({100 / classes:.1f} %): "
+            f"check the normalisation ({pre.describe().removeprefix('preprocessing: ')}), the channels and "
+            f"the class order (class folders are read in sorted order); --skip-dense-check runs anyway")
+    return loaded

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ._io import prepare_out
+from . import prepare_out
 from .errors import PrunetuneError
 
 EXIT_USAGE = 2
@@ -19,6 +19,16 @@ HEARTBEAT_GRACE_MIN = 6
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line usage error (exit 2) instead of the full usage block."""
+
+    def __init__(self, *a, **kw):
+        self.flags: dict[str, list[str]] = {}  # dest -> option strings (see _typed_dests)
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*a, **kw)
+
+    def add_argument(self, *a, **kw):
+        action = super().add_argument(*a, **kw)
+        self.flags[action.dest] = list(action.option_strings)
+        return action
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -103,72 +113,44 @@ def cmd_info(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from . import _session
-    from ._pruned import save_pruned
-    from .config import PruningConfig
-    from .evaluators import (
-        count_params,
-        estimate_cost,
-        evaluate_accuracy,
-        finetune,
-        format_macs,
-        measure_latency,
-    )
-    from .pruners import prune
+    from . import PruningConfig, apply_config, format_macs
 
     config = PruningConfig.load(args.config)
     spec = _spec_for(args, config)
     out = prepare_out(args.out, args.overwrite)
-    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device,
-                              **_preprocessing_args(args), announce=print)
-    config.check_fits(base.arch)
-    calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
-    pruned = prune(base.model, config, calib)
-    resolved = pruned.pruning_config
-    val = base.val_batches()
-    rows, report = [], {"config": resolved.to_dict(), "device": str(base.device)}
-    stages = [("dense", base.model, PruningConfig.dense(spec))]
-    if args.finetune_epochs > 0:
-        import copy
-
-        stages.append(("pruned", copy.deepcopy(pruned), resolved))
-        finetune(pruned, base.data.train, teacher=base.model, epochs=args.finetune_epochs, lr=args.lr,
-                 batch_size=args.batch_size, seed=args.seed)
-        stages.append((f"+KD {args.finetune_epochs:g} ep", pruned, resolved))
-    else:
-        stages.append(("pruned", pruned, resolved))
-    for name, model, cfg in stages:
-        cost = estimate_cost(cfg, base.arch)
-        params, nonzero = count_params(model)
-        lat = None if args.no_latency else measure_latency(model, base.input_shape, args.latency_batch,
-                                                             threads=args.threads)
-        acc = evaluate_accuracy(model, val).accuracy
-        report[name] = {"macs": cost.macs, "params": params, "nonzero_params": nonzero,
-                        "latency_ms": None if lat is None else lat.median_ms, "val_accuracy": acc}
-        rows.append([name, _m(cost.macs), _m(2 * cost.macs), f"{params / 1e6:.3f}", f"{nonzero / 1e6:.3f}",
-                     "-" if lat is None else f"{lat.median_ms:.2f} ({lat.p10_ms:.2f}-{lat.p90_ms:.2f})",
-                     f"{100 * acc:.2f}"])
-    save_pruned(pruned, out, resolved, report)
-    d, p = report["dense"], report[stages[-1][0]]
-    print(_table(rows, ["model", "MMACs", "MFLOPs", "Mparams", "Mnonzero", f"ms@{args.latency_batch}", "val acc %"]))
-    tuned = f"after {args.finetune_epochs:g} epochs of KD fine-tuning" if args.finetune_epochs > 0 else "no fine-tuning"
+    run = apply_config(
+        config, spec, args.checkpoint, args.data, download=args.download, data_root=args.data_root,
+        device=args.device, calib_samples=args.calib_samples, batch_size=args.batch_size,
+        finetune_epochs=args.finetune_epochs, lr=args.lr, seed=args.seed,
+        latency_batch=None if args.no_latency else args.latency_batch, threads=args.threads,
+        out=out, announce=print, **_preprocessing_args(args))
+    rows = []
+    for name, st in run.stages.items():
+        lat = ("-" if st["latency_ms"] is None else
+               f"{st['latency_ms']:.2f} ({st['latency_p10_ms']:.2f}-{st['latency_p90_ms']:.2f})")
+        rows.append([name, _m(st["macs"]), _m(2 * st["macs"]), f"{st['params'] / 1e6:.3f}",
+                     f"{st['nonzero_params'] / 1e6:.3f}", lat, f"{100 * st['val_accuracy']:.2f}"])
+    d, p = run.dense, run.final
+    print(_table(rows, ["model", "MMACs", "MFLOPs", "Mparams", "Mnonzero", f"ms@{args.latency_batch}",
+                        "val acc %"]))
+    tuned = (f"after {args.finetune_epochs:g} epochs of KD fine-tuning" if args.finetune_epochs > 0
+             else "no fine-tuning")
     print(f"MACs x{p['macs'] / d['macs']:.3f}, params x{p['params'] / d['params']:.3f}"
           + ("" if args.no_latency else f", latency x{p['latency_ms'] / d['latency_ms']:.3f}")
           + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points ({tuned})")
-    sched = cost.blocks  # the last stage is the pruned model
-    print("tokens per block: " + " ".join(str(b.tokens) if b.kept else "-" for b in sched)
-          + ("" if not resolved.has_tokens else f" (token_mode {resolved.token_mode})"))
+    print("tokens per block: " + " ".join("-" if t is None else str(t) for t in p["tokens"])
+          + ("" if not run.config.has_tokens else f" (token_mode {run.config.token_mode})"))
     print(f"pruned: {format_macs(p['macs'])}; wrote {out}/config.json and {out}/model.safetensors")
     return 0
 
 
 def cmd_saliency(args) -> int:
-    from . import _session
+    from . import load_base
     from .pruners import compute_scores, get_saliency
 
     get_saliency(args.criterion)  # unknown names fail before any work
     spec = _spec_for(args)
-    base = _session.load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device,
+    base = load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device,
                               **_preprocessing_args(args), announce=print)
     calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
     s = compute_scores(base.model, args.criterion, calib)
@@ -194,45 +176,82 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                         f"the storage's only study for the other commands)")
 
 
-def cmd_search(args) -> int:
-    from .search import search
-    from .search._budget import parse_budget
+#: ``prunetune search`` flags that map one-to-one onto SearchSettings fields.
+_SEARCH_FIELDS = ("budget", "model", "checkpoint", "data", "download", "data_root", "space",
+                  "n_trials", "sampler", "seed", "storage", "study", "device", "calib_samples",
+                  "batch_size", "lr", "final_epochs", "front_max", "artifacts", "latency_batch",
+                  "measure_latency", "grace_period", "mean", "std", "interpolation", "crop_pct",
+                  "backend", "workers", "address", "refresh_latency_table")
 
-    parse_budget(args.budget)
-    if args.backend != "ray" and (args.workers != 1 or args.address is not None):
-        flag = "--workers" if args.workers != 1 else "--address"
-        raise PrunetuneError(f"{flag} needs --backend ray; several in-process workers are several `prunetune "
-                             f"search` processes on one shared --storage")
-    res = search(
-        args.budget, progress=not args.quiet, backend=args.backend, workers=args.workers, address=args.address,
-        model=args.model, checkpoint=args.checkpoint, data=args.data, download=args.download,
-        data_root=args.data_root, space=args.space, n_trials=args.n_trials, sampler=args.sampler, seed=args.seed,
-        storage=args.storage, study=args.study, device=args.device, calib_samples=args.calib_samples,
-        batch_size=args.batch_size, tier_b_fraction=args.tier_b_fraction, tier_b_steps=args.tier_b_steps,
-        lr=args.lr, final_epochs=args.final_epochs, front_max=args.front_max, run_final=not args.no_final,
-        artifacts=args.artifacts, latency_batch=args.latency_batch, measure_latency=args.measure_latency,
-        grace_period=args.grace_period, mean=args.mean, std=args.std, interpolation=args.interpolation,
-        crop_pct=args.crop_pct, check_dense=not args.skip_dense_check, announce=print,
-    )
+
+def _given(args, dest: str) -> bool:
+    """Whether the flag behind ``dest`` was typed on the command line (not a default)."""
+    return dest in args.given_dests
+
+
+def _search_settings(args):
+    """SearchSettings from ``--config`` (if any), then the flags typed on the command line."""
+    from .search import SearchSettings, TierSpec
+
+    base = SearchSettings.load(args.settings_file) if args.settings_file else SearchSettings()
+    changes = {f: getattr(args, f) for f in _SEARCH_FIELDS if _given(args, f)}
+    if args.mean is not None:
+        changes["mean"] = tuple(args.mean)
+    if args.std is not None:
+        changes["std"] = tuple(args.std)
+    if _given(args, "no_final"):
+        changes["run_final"] = False
+    if _given(args, "skip_dense_check"):
+        changes["check_dense"] = False
+    if not args.settings_file and "budget" not in changes:
+        raise PrunetuneError("search needs --budget (e.g. --budget flops=50%) or a --config "
+                             "settings file that sets budget")
+    tiers = list(changes.pop("tiers", base.tiers))
+    for dest, flag in (("tier_b_fraction", "--tier-b-fraction"), ("tier_b_steps", "--tier-b-steps")):
+        if not _given(args, dest):
+            continue
+        if len(tiers) < 2:
+            raise PrunetuneError(f"{flag} sets the second proxy tier, but the settings have "
+                                 f"{len(tiers)} tier; set the tiers in the --config file instead")
+        if dest == "tier_b_fraction":  # the gate after tier a decides what reaches tier b
+            tiers[0] = TierSpec(tiers[0].proxy, tiers[0].options, args.tier_b_fraction,
+                                tiers[0].warmup)
+        else:
+            tiers[1] = TierSpec(tiers[1].proxy, {**tiers[1].options, "steps": args.tier_b_steps},
+                                tiers[1].keep, tiers[1].warmup)
+    changes["tiers"] = tuple(tiers)
+    from dataclasses import replace
+
+    return replace(base, **changes)
+
+
+def cmd_search(args) -> int:
+    from .search import TrialRecord, final_of, search, study_entry
+
+    settings = _search_settings(args)
+    res = search(settings=settings, progress=not args.quiet, announce=print)
     study = res.study
-    dense = study.user_attrs["dense"]
+    dense = study_entry(study, "dense")
     states = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     print(f"study {study.study_name} in {res.settings.storage}: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())))
     print(f"budget {res.budget.describe()}; dense {dense['macs'] / 1e6:.3f} MMACs, val acc {100 * dense['val_accuracy']:.2f} %")
-    lt = study.user_attrs.get("latency_table")
+    lt = study_entry(study, "latency_table")
     if lt:
         print(f"latency table ({lt['device']}, batch {lt['batch_size']}, {lt['rows']} block timings): "
               f"prediction error {lt['prediction_error_pct']:.1f} % on random configurations")
     rows = []
+    labels = [f"tier {chr(ord('a') + i)} acc %" for i in range(len(res.settings.tiers))]
     for t in res.front:
-        f = res.finals.get(t.number) or study.user_attrs.get(f"final_{t.number}") or {}
-        rows.append([t.number, _m(t.user_attrs["macs"]), f"{t.user_attrs['macs'] / dense['macs']:.3f}",
-                     f"{100 * t.user_attrs['tier_a_accuracy']:.2f}", f"{100 * t.values[0]:.2f}",
+        rec = TrialRecord.of(t)
+        f = res.finals.get(t.number) or final_of(study, t.number) or {}
+        accs = [rec.tier(lb.split()[1]) for lb in labels]
+        rows.append([t.number, _m(rec.macs), f"{rec.macs / dense['macs']:.3f}",
+                     *("-" if r is None or r.accuracy is None else f"{100 * r.accuracy:.2f}" for r in accs),
                      f"{100 * f['val_accuracy']:.2f}" if f else "-",
                      f"{100 * f['test_accuracy']:.2f}" if f.get("test_accuracy") is not None else "-"])
-    print(_table(rows, ["trial", "MMACs", "x dense", "tier a acc %", "tier b acc %", "final val %", "final test %"]))
+    print(_table(rows, ["trial", "MMACs", "x dense", *labels, "final val %", "final test %"]))
     if res.finals and all(f.get("test_accuracy") is None for f in res.finals.values()):
         print("no test split: the final accuracy is on val, which also chose the front (add test/ to the data)")
     where = f"--storage {shlex.quote(res.settings.storage)} --study {shlex.quote(study.study_name)}"
@@ -246,8 +265,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .search import load_study
-    from .search._export import export
+    from .search import export, load_study
 
     out = prepare_out(args.out, args.overwrite)
     infos = export(load_study(args.storage, args.study), out, whole_front=args.front, partial=args.partial,
@@ -258,7 +276,7 @@ def cmd_export(args) -> int:
         acc = f"final val accuracy {100 * f['val_accuracy']:.2f} %, " + (
             f"test {100 * f['test_accuracy']:.2f} %" if f.get("test_accuracy") is not None else "no test split")
     else:
-        acc = f"tier b accuracy {100 * best['tier_b_accuracy']:.2f} %; weights {best['weights']}"
+        acc = f"proxy accuracy {100 * best['proxy_accuracy']:.2f} %; weights {best['weights']}"
     print(f"exported trial {best['trial']}: {best['macs'] / 1e6:.3f} MMACs ({best['flops'] / 1e6:.3f} MFLOPs), {acc}")
     if best.get("partial"):
         print(f"partial: {best['partial']}")
@@ -270,24 +288,22 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .search import load_study
-    from .search._report import write_report
-    from .search._search import settings_of
+    from .search import load_study, settings_of, write_report
 
     if not str(args.out).strip():
         raise PrunetuneError("--out is empty; name the report folder, e.g. --out prunetune-report")
     study = load_study(args.storage, args.study)
     settings_of(study)  # a study prunetune did not make has nothing to report
     out = write_report(study, args.out)
-    print(f"wrote {out}/pareto.png, {out}/pareto.html and {out}/report.md")
+    if not args.quiet:
+        print(f"wrote {out}/pareto.png, {out}/pareto.html and {out}/report.md")
     return 0
 
 
 def cmd_dashboard(args) -> int:
     from optuna_dashboard import run_server
 
-    from .search import load_study
-    from .search._study import make_storage
+    from .search import load_study, make_storage
 
     _check_bindable(args.host, args.port)  # a busy port fails before the storage is opened
     study = load_study(args.storage, args.study)  # fail early with a clear message
@@ -303,7 +319,7 @@ def cmd_dashboard(args) -> int:
 def cmd_train_default(args) -> int:
     from .default.train import train
 
-    m = train(args.epochs, seed=args.seed, out=args.out)  # checks --out before training
+    m = train(args.epochs, args.lr, seed=args.seed, out=args.out)  # checks --out before training
     print(f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
           f"({m['train_seconds']} s); wrote {m['weights']}")
     return 0
@@ -413,6 +429,7 @@ def _check_bindable(host: str, port: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .pruners import list_saliencies
+    from .registry import BACKENDS, SAMPLERS
 
     p = _Parser(prog="prunetune", description="Pruning-configuration search for Vision Transformers")
     sub = p.add_subparsers(dest="command", required=True)
@@ -448,16 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_saliency)
 
-    s = sub.add_parser("search", help="budgeted multi-objective search for a pruning configuration")
-    s.add_argument("--budget", required=True, help="flops=50%%, flops=0.2G, macs=100M, params=3M or latency=4ms")
+    s = sub.add_parser("search", help="budgeted multi-objective search for a pruning configuration",
+                       allow_abbrev=False)
+    s.add_argument("--budget", help="flops=50%%, flops=0.2G, macs=100M, params=3M or latency=4ms")
+    s.add_argument("--config", dest="settings_file", metavar="SETTINGS",
+                   help="search settings file (YAML or JSON: the settings.yaml a search writes beside "
+                        "its artifacts); flags given on the command line win")
     _add_model_args(s)
     _study_args(s)
     s.add_argument("--space", default="hybrid", help="preset (structured, tokens, hybrid) or a YAML file")
     s.add_argument("--n-trials", type=_positive_int, default=24,
                    help="completed + pruned trials in the study (default 24)")
-    s.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
+    s.add_argument("--sampler", default="nsga2", choices=SAMPLERS.names())
     s.add_argument("--seed", type=_seed, default=0)
-    s.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
+    s.add_argument("--backend", default="optuna", choices=BACKENDS.names())
     s.add_argument("--workers", type=_positive_int, default=1,
                    help="concurrent trials with --backend ray")
     s.add_argument("--address", help="address of an existing Ray cluster (--backend ray)")
@@ -481,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-batch", type=_positive_int, default=64,
                    help="batch size of latency budgets and measurements")
     s.add_argument("--measure-latency", action="store_true", help="also measure each candidate's latency")
+    s.add_argument("--refresh-latency-table", action="store_true",
+                   help="re-measure the cached per-block latency table of a latency budget")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_search)
 
@@ -498,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="Pareto plot (PNG, HTML) and Markdown table of a study")
     _study_args(s)
     s.add_argument("--out", default="prunetune-report")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="print nothing on success")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("dashboard", help="optuna-dashboard on a study")
@@ -509,15 +532,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train-default", help="retrain the embedded digits_vit default")
     s.add_argument("--epochs", type=_positive_int, default=120)
+    s.add_argument("--lr", type=_positive_float, default=2e-3)
     s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--out", help="folder (default: inside the installed package)")
     s.set_defaults(func=cmd_train_default)
+    p.commands = dict(sub.choices)
     return p
 
 
+def _typed_dests(parser: _Parser, command: str, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option typed in ``argv`` (the search's --config merge needs them)."""
+    sub = parser.commands.get(command)
+    if sub is None:
+        return set()
+    return {dest for dest, opts in sub.flags.items()
+            if any(t == o or t.startswith(o + "=") for o in opts for t in argv)}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .plugins import load_plugins
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        load_plugins()  # before the parser: plug-ins add choices (criteria, samplers, ...)
+    except PrunetuneError as e:
+        print(f"prunetune: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.given_dests = _typed_dests(parser, args.command, argv)
     try:
         return args.func(args)
     except PrunetuneError as e:

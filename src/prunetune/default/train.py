@@ -122,25 +122,7 @@ def train(epochs: int = 120, lr: float = 2e-3, batch_size: int = 64, seed: int =
     return {**metrics, "weights": str(weights)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m prunetune.default.train``: bad values are one-line errors with exit code 2."""
-    from ..cli import _Parser, _positive_float, _positive_int, _seed
+if __name__ == "__main__":  # the same command as `prunetune train-default`
+    from prunetune.cli import main
 
-    p = _Parser(prog="python -m prunetune.default.train", description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=_positive_int, default=120)
-    p.add_argument("--lr", type=_positive_float, default=2e-3)
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", type=Path, default=None, help="folder (default: inside the package)")
-    a = p.parse_args(argv)
-    try:
-        m = train(a.epochs, a.lr, seed=a.seed, out=a.out)
-    except PrunetuneError as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
-          f"({m['train_seconds']} s); wrote {m['weights']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train-default", *sys.argv[1:]]))

@@ -6,13 +6,28 @@ from ._accuracy import AccuracyResult, evaluate_accuracy
 from ._cost import BlockCost, Cost, count_params, estimate_cost, format_macs, measure_macs
 from ._finetune import distillation_loss, finetune
 from ._latency import LatencyResult, measure_latency
-from ._proxies import ShortKDProxy, ZeroShotProxy, get_proxy, list_proxies, register_proxy
+from ._latency_table import LatencyTable
+from ._proxies import (
+    ProxyContext,
+    ShortKDProxy,
+    ZeroShotProxy,
+    get_proxy,
+    list_proxies,
+    register_proxy,
+)
+from ._tiers import TierResult, Tiers, gate_passes, tier_label
 
 __all__ = [
     "AccuracyResult",
     "BlockCost",
     "Cost",
     "LatencyResult",
+    "LatencyTable",
+    "ProxyContext",
+    "TierResult",
+    "Tiers",
+    "gate_passes",
+    "tier_label",
     "ShortKDProxy",
     "ZeroShotProxy",
     "count_params",

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import PruningConfig
 from ..models import ViTArch
+from ..registry import TOKEN_MODES
 
 __all__ = ["Cost", "BlockCost", "estimate_cost", "measure_macs", "count_params", "format_macs"]
 
@@ -59,11 +60,6 @@ def _block_params(arch: ViTArch, h: int, m: int) -> int:
     return arch.params_block_fixed + h * arch.params_per_head + m * arch.params_per_neuron
 
 
-def _predictor_params(dim: int) -> int:
-    h, q = dim // 2, dim // 4
-    return 2 * dim + (dim * dim + dim) + (dim * h + h) + (h * q + q) + (q * 2 + 2)
-
-
 def _block_linear_numels(arch: ViTArch, h: int, m: int) -> list[int]:
     D, a = arch.embed_dim, h * arch.head_dim
     numels = [D * 3 * a, a * D, D * m, m * D]
@@ -76,6 +72,8 @@ def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
     """Analytic cost of a count-mode ``config`` (microseconds; builds no model).
 
     Threshold-mode configs need saliency scores to know their widths: resolve them first.
+    Token reduction costs what the config's token mode says (``tokens_out``, ``extra_macs``,
+    ``extra_params``; see :class:`prunetune.pruners.TokenMode`).
     """
     from ..pruners._tokens import token_schedule
     from ..pruners._unstructured import num_zeroed
@@ -84,6 +82,7 @@ def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
     config.check_fits(arch)
     heads, mlps = config.kept_heads(arch), config.kept_mlp(arch)
     tokens, token_macs = token_schedule(config, arch, heads)
+    token_mode = TOKEN_MODES.get(config.token_mode)
     macs = arch.num_patches * arch.embed_dim * arch.in_chans * arch.patch_area
     macs += arch.num_heads_out * arch.embed_dim * arch.num_classes
     params = arch.params_outside_blocks
@@ -96,10 +95,11 @@ def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
         n = tokens[i]
         bm = _block_macs(arch, n, heads[i], mlps[i]) + token_macs[i]
         bp = _block_params(arch, heads[i], mlps[i])
-        if bc.token_keep < 1.0 and config.token_mode == "learned":
-            bp += _predictor_params(arch.embed_dim)
+        if bc.token_keep < 1.0:
+            bp += token_mode.extra_params(arch)
         if bc.sparsity > 0:
-            zeros += sum(num_zeroed(k, bc.sparsity) for k in _block_linear_numels(arch, heads[i], mlps[i]))
+            zeros += sum(num_zeroed(k, bc.sparsity)
+                         for k in _block_linear_numels(arch, heads[i], mlps[i]))
         blocks.append(BlockCost(i, True, n, heads[i], mlps[i], bm, bp))
         macs += bm
         params += bp

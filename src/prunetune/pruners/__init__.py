@@ -1,7 +1,9 @@
 """Model surgery (pruners) and the saliency criteria that decide which units go.
 
 Each pruning kind is a small registered module; :func:`prune` runs every pruner that a
-configuration needs, in order (heads, MLP, unstructured, depth).
+configuration needs, in order (heads, MLP, unstructured, depth, tokens). Token reduction is
+one generic pruner plus a :class:`TokenMode` per mode (``token_modes/``, registered in
+:data:`prunetune.registry.TOKEN_MODES`).
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ from ._saliency import (
     list_saliencies,
     register_saliency,
 )
+from ._tokens import kept_tokens
+from .token_modes import TokenMode
 
 __all__ = [
     "Pruner",
     "Saliency",
     "SaliencyScores",
+    "TokenMode",
     "compute_scores",
     "empirical_fisher_diag",
     "get_pruner",
     "get_saliency",
     "group_scores",
     "hutchinson_hessian_diag",
+    "kept_tokens",
     "list_pruners",
     "list_saliencies",
     "prune",

@@ -1,57 +1,62 @@
-"""Token reduction: attentive keep (EViT/SPViT), merging (ToMe) and learned keep (DynamicViT).
+"""Token reduction: the generic machinery every token mode plugs into.
 
 A block with ``token_keep`` ρ < 1 reduces the patch tokens *entering* it to ⌈ρ·P⌉ (P: patch
-tokens at that point, the package token included), so the block and every later block run on
+tokens at that point, a package token included), so the block and every later block run on
 fewer tokens; prefix tokens (class, distillation, registers) are always kept. Rates compound.
 
-How it is wired into timm: each block from the first reducing one on has its class swapped to
-a subclass of timm's ``Block`` whose ``forward`` reduces ``x`` and then calls ``super().forward``
-(passing an additive ``attn_mask`` where a mode needs one: ToMe's proportional attention,
-DynamicViT's training-time attention masking). The attention scores or keys the decision needs
-come from forward hooks on the previous kept block's ``attn.q_norm``/``attn.k_norm`` (timm calls
-them on q and k even when they are Identity). No timm forward is copied, so LayerScale, QK-norm
-and future Block changes keep working.
+*How* tokens are reduced is a :class:`~prunetune.pruners.token_modes.TokenMode` registered in
+:data:`prunetune.registry.TOKEN_MODES` (one file per mode under ``token_modes/``); this module
+holds nothing mode-specific:
 
-Modes (``PruningConfig.token_mode``):
-
-- ``attentive``: keep the patch tokens with the highest class-token attention (mean over heads)
-  of the previous block; drop the rest (EViT without fusion).
-- ``attentive_fuse``: as above, and fuse the dropped tokens into one package token, weighted by
-  their attention (EViT / SPViT).
-- ``merge``: bipartite soft matching on the previous block's keys (mean over heads, cosine);
-  merges the number of tokens the rate implies (in several rounds when that exceeds what one
-  matching can merge), with size-weighted averages and proportional attention (ToMe).
-- ``learned``: a small prediction module per reducing block (local + global token features,
-  as DynamicViT); in training, Gumbel-softmax keep decisions mask attention and a ratio loss
-  pulls the kept fraction toward the rate; in eval, hard top-k so the count is exact.
+- :func:`token_schedule`: tokens per block and the reduction's extra MACs, from the mode's
+  ``tokens_out``/``extra_macs`` (the analytic cost in ``evaluators._cost`` builds on it);
+- :class:`TokenBlock`: each block from the first reducing one on has its class swapped to this
+  subclass of timm's ``Block``, whose ``forward`` lets the mode reduce ``x`` and then calls
+  ``super().forward`` (with the mode's additive ``attn_mask``, if any). No timm forward is
+  copied, so LayerScale, QK-norm and future Block changes keep working;
+- :class:`TokenContext`: per-forward state shared by a model's token blocks; the q and k a
+  mode reads come from forward hooks on the previous kept block's ``attn.q_norm``/``k_norm``
+  (timm calls them on q and k even when they are Identity);
+- :class:`TokenPruner`: the one token pruner, registered as ``tokens_<mode>`` for every mode
+  (registering a mode registers its pruner), which swaps the blocks and lets the mode
+  ``install`` what it needs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..errors import ConfigError, UnsupportedModelError
+from ..errors import UnsupportedModelError
+from ..registry import PRUNERS
 from ..registry import TOKEN_MODES as _MODE_REGISTRY
-from ._registry import register_pruner
+
+if TYPE_CHECKING:
+    from ..models import ViTArch
+    from .token_modes import TokenMode
 
 __all__ = [
     "TOKEN_MODES",
     "KeepPredictor",
+    "ReductionStep",
     "TokenBlock",
+    "TokenContext",
+    "TokenPruner",
+    "check_timm_support",
+    "gather_tokens",
     "kept_tokens",
     "token_aux_loss",
     "token_schedule",
 ]
 
-TOKEN_MODES = ("attentive", "attentive_fuse", "merge", "learned")
-#: Weight of DynamicViT's keep-ratio loss in fine-tuning (the paper uses 2.0).
-RATIO_LOSS_WEIGHT = 2.0
-_EPS = 1e-6
+#: Order of the token pruners among the pruners (after heads, MLP, unstructured and depth).
+TOKEN_PRUNER_ORDER = 80
 
 
 def kept_tokens(p_in: int, rate: float) -> int:
@@ -59,31 +64,40 @@ def kept_tokens(p_in: int, rate: float) -> int:
     return max(1, min(p_in, math.ceil(rate * p_in - 1e-9)))
 
 
-def _merge_rounds(p: int, r: int) -> list[tuple[int, int]]:
-    """(|A|, |B|) of each bipartite matching round needed to merge ``r`` of ``p`` tokens."""
-    rounds = []
-    while r > 0:
-        a, b = (p + 1) // 2, p // 2
-        step = min(r, b)  # each A token merges into a B token; at most |B| A tokens can go
-        rounds.append((a, b))
-        p, r = p - step, r - step
-    return rounds
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[b, idx[b]]`` for every image ``b``: (B, N, C) and (B, K) -> (B, K, C)."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def predictor_macs(dim: int) -> int:
-    """MACs per token of :class:`KeepPredictor`."""
-    return dim * dim + dim * (dim // 2) + (dim // 2) * (dim // 4) + (dim // 4) * 2
+# --- analytic cost ---------------------------------------------------------------------------
 
 
-def token_schedule(config, arch, heads: list[int]) -> tuple[list[int], list[int]]:
+@dataclass(frozen=True)
+class ReductionStep:
+    """One reducing block, as the analytic cost sees it.
+
+    Attributes:
+        p_in: Patch tokens entering the block (a package token included).
+        kept: ⌈rate·p_in⌉, the patch tokens the rate keeps.
+        prev_heads: Kept heads of the previous kept block (None at the first kept block).
+        prev_tokens: Tokens, prefix included, the previous kept block ran on (None likewise).
+    """
+
+    p_in: int
+    kept: int
+    prev_heads: int | None
+    prev_tokens: int | None
+
+
+def token_schedule(config, arch: ViTArch, heads: list[int]) -> tuple[list[int], list[int]]:
     """Tokens each base block runs on (0 when dropped) and the reduction's extra MACs.
 
-    ``heads`` are the kept heads per base block (the attentive scorer's cost depends on them).
+    ``heads`` are the kept heads per base block (a scorer's cost may depend on them).
     """
-    mode = config.token_mode
+    mode = _MODE_REGISTRY.get(config.token_mode)
     prefix, p = arch.num_prefix_tokens, arch.num_patches
     tokens, extra = [], []
-    prev_kept, prev_tokens = None, None
+    prev_heads = prev_tokens = None
     for i, bc in enumerate(config.blocks):
         if not bc.keep:
             tokens.append(0)
@@ -91,71 +105,102 @@ def token_schedule(config, arch, heads: list[int]) -> tuple[list[int], list[int]
             continue
         macs = 0
         if bc.token_keep < 1.0:
-            p_out = kept_tokens(p, bc.token_keep)
-            if mode in ("attentive", "attentive_fuse"):
-                macs += heads[prev_kept] * arch.head_dim * prev_tokens  # q_cls · kᵀ
-                if mode == "attentive_fuse":
-                    macs += (p - p_out) * arch.embed_dim  # attention-weighted package token
-                    p_out += 1
-            elif mode == "merge":
-                macs += sum(a * b * arch.head_dim for a, b in _merge_rounds(p, p - p_out))
-            elif mode == "learned":
-                macs += p * predictor_macs(arch.embed_dim)
-            p = p_out
+            step = ReductionStep(p, kept_tokens(p, bc.token_keep), prev_heads, prev_tokens)
+            macs = mode.extra_macs(arch, step)
+            p = mode.tokens_out(p, step.kept)
         tokens.append(prefix + p)
         extra.append(macs)
-        prev_kept, prev_tokens = i, prefix + p
+        prev_heads, prev_tokens = heads[i], prefix + p
     return tokens, extra
 
 
-def check_token_config(config) -> None:
-    """Mode-level rules that need no model (called by PruningConfig)."""
-    if config.token_mode == "learned":
-        return
-    first = next(i for i, b in enumerate(config.blocks) if b.keep)
-    if config.blocks[first].token_keep < 1.0:
-        raise ConfigError(
-            f"token_mode={config.token_mode!r} reduces tokens using the previous block's attention, "
-            f"so the first kept block ({first}) must have token_keep=1, but got "
-            f"token_keep={config.blocks[first].token_keep}"
-        )
+# --- timm support ----------------------------------------------------------------------------
 
 
 def check_timm_support() -> None:
-    """The token blocks rely on ``Block.forward(x, attn_mask=...)`` and ``Attention.attn_dim``."""
-    import inspect
+    """Raises UnsupportedModelError unless this timm does what the token surgery relies on.
 
-    from timm.layers.attention import Attention
-
-    if "attn_mask" not in inspect.signature(Block.forward).parameters or "attn_dim" not in inspect.getsource(Attention.__init__):
+    Checked by behaviour on a tiny ``Block`` (built once per process): an ``Attention`` whose
+    ``num_heads``/``attn_dim`` were cut (as head pruning does) still runs; ``attn.q_norm`` and
+    ``attn.k_norm`` see q and k; ``Block.forward(x, attn_mask=...)`` takes an additive mask
+    and honours it on both attention paths.
+    """
+    problem = _timm_problem()
+    if problem is not None:
         import timm
 
         raise UnsupportedModelError(
-            f"timm {timm.__version__} lacks Block.forward(attn_mask=...) / Attention.attn_dim; "
+            f"timm {timm.__version__} does not support the token surgery: {problem}; "
             "install the tested range: pip install 'timm>=1.0.15,<1.1'"
         )
+
+
+@functools.cache
+def _timm_problem() -> str | None:
+    """What the token surgery needs and this timm lacks, or None (the global RNG is untouched)."""
+    dim, heads, head_dim, n = 8, 2, 4, 3
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        blk = Block(dim, heads).eval()
+        x = torch.randn(1, n, dim)
+        attn = blk.attn
+        attn.qkv, attn.proj = nn.Linear(dim, 3 * head_dim), nn.Linear(head_dim, dim)
+        attn.num_heads, attn.attn_dim = 1, head_dim
+        seen = {}
+        hooks = [getattr(attn, f"{w}_norm").register_forward_hook(
+            lambda mod, args, out, w=w: seen.__setitem__(w, tuple(out.shape))) for w in "qk"]
+        try:
+            plain = blk(x)
+        except RuntimeError as e:
+            return f"Attention does not honour a cut attn_dim ({type(e).__name__})"
+        finally:
+            for h in hooks:
+                h.remove()
+        if seen != {"q": (1, 1, n, head_dim), "k": (1, 1, n, head_dim)}:
+            return f"attn.q_norm/k_norm are not called on q and k (saw {seen})"
+        mask = torch.zeros(1, 1, n, n)
+        mask[..., 1:] = float("-inf")  # every token attends to token 0 only
+        for fused in (True, False):
+            attn.fused_attn = fused
+            try:
+                masked, zero = blk(x, attn_mask=mask), blk(x, attn_mask=torch.zeros_like(mask))
+            except TypeError:
+                return "Block.forward takes no attn_mask"
+            if not torch.allclose(zero, plain, atol=1e-6) or torch.allclose(masked, plain):
+                return f"Block.forward ignores attn_mask (fused_attn={fused})"
+    return None
 
 
 # --- runtime ---------------------------------------------------------------------------------
 
 
-class _Context:
-    """Per-forward state shared by a model's token blocks (reset at patch embedding)."""
+class TokenContext:
+    """Per-forward state shared by a model's token blocks (reset at patch embedding).
 
-    def __init__(self, mode: str, prefix: int):
+    ``q``/``k`` (B, h, N, d) and ``scale`` come from the previous kept block when the mode
+    captures them (see :meth:`capture`); a mode keeps its own per-forward state as attributes
+    it sets in ``TokenMode.reset``.
+    """
+
+    def __init__(self, mode: TokenMode, prefix: int):
         self.mode, self.prefix = mode, prefix
         self.reset()
 
     def reset(self) -> None:
-        self.q = self.k = None
+        self.q: torch.Tensor | None = None
+        self.k: torch.Tensor | None = None
         self.scale = 1.0
-        self.sizes: torch.Tensor | None = None  # (B, N, 1) merged-token sizes
-        self.policy: torch.Tensor | None = None  # (B, P, 1) training-time keep decisions
-        self.ratio_losses: list[torch.Tensor] = []
+        self.mode.reset(self)
+
+    def capture(self, block: nn.Module, which: tuple[str, ...]) -> None:
+        """Stores ``block``'s q and/or k (``which`` ⊆ {"q", "k"}) here on every forward."""
+        for w in which:
+            norm = getattr(block.attn, f"{w}_norm")
+            norm.register_forward_hook(_Capture(self, w, block.attn.scale))
 
 
 class _Reset:
-    def __init__(self, ctx: _Context):
+    def __init__(self, ctx: TokenContext):
         self.ctx = ctx
 
     def __call__(self, module, args):
@@ -165,7 +210,7 @@ class _Reset:
 class _Capture:
     """Forward hook on ``attn.q_norm``/``attn.k_norm``: stores q or k (B, h, N, d)."""
 
-    def __init__(self, ctx: _Context, which: str, scale: float):
+    def __init__(self, ctx: TokenContext, which: str, scale: float):
         self.ctx, self.which, self.scale = ctx, which, scale
 
     def __call__(self, module, args, out):
@@ -173,189 +218,83 @@ class _Capture:
         self.ctx.scale = self.scale
 
 
-class KeepPredictor(nn.Module):
-    """DynamicViT-style prediction module: per-token keep/drop log-probabilities.
-
-    Each token's feature is its own (local) half concatenated with the policy-weighted mean of
-    the other (global) half over the tokens still kept, then a small MLP with two outputs.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.in_conv = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
-        self.out_conv = nn.Sequential(
-            nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, dim // 4), nn.GELU(),
-            nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1),
-        )
-
-    def forward(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-        x = self.in_conv(x)
-        half = x.shape[-1] // 2
-        local, glob = x[..., :half], x[..., half:]
-        glob = (glob * policy).sum(1, keepdim=True) / policy.sum(1, keepdim=True).clamp_min(_EPS)
-        return self.out_conv(torch.cat([local, glob.expand(-1, x.shape[1], -1)], dim=-1))
-
-
 class TokenBlock(Block):
-    """timm Block that reduces its input tokens first, then runs timm's own forward.
+    """timm Block that lets the token mode reduce its input first, then runs timm's forward.
 
-    Set by the token pruners: ``token_ctx`` (shared state), ``token_keep`` (rate at this block).
+    Set by :class:`TokenPruner`: ``token_ctx`` (shared state), ``token_keep`` (rate at this
+    block) and, on reducing blocks, ``token_kept`` (patch tokens kept at the model's input
+    size: the count the analytic cost uses).
     """
 
-    token_ctx: _Context
+    token_ctx: TokenContext
     token_keep: float
+    token_kept: int
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
         ctx = self.token_ctx
         if self.token_keep < 1.0:
-            x = _REDUCE[ctx.mode](self, ctx, x)
+            x = ctx.mode.reduce(self, ctx, x)
         if attn_mask is None:
-            attn_mask = _attn_bias(ctx, x)
-        return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-
-
-def _attn_bias(ctx: _Context, x: torch.Tensor) -> torch.Tensor | None:
-    if ctx.mode == "merge" and ctx.sizes is not None:  # proportional attention
-        return ctx.sizes.log().transpose(1, 2).unsqueeze(1).to(x.dtype)  # (B, 1, 1, N)
-    if ctx.mode == "learned" and ctx.policy is not None:  # DynamicViT training-time masking
-        b, n = x.shape[:2]
-        keep = torch.cat([x.new_ones(b, ctx.prefix, 1), ctx.policy], dim=1).transpose(1, 2)  # (B, 1, N)
-        eye = torch.eye(n, device=x.device, dtype=x.dtype)
-        allowed = keep.unsqueeze(1) + (1 - keep.unsqueeze(1)) * eye  # tokens always see themselves
-        return (allowed + _EPS).log()  # (B, 1, N, N)
-    return None
-
-
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _reduce_attentive(block: TokenBlock, ctx: _Context, x: torch.Tensor) -> torch.Tensor:
-    pre = ctx.prefix
-    patches = x[:, pre:]
-    p = patches.shape[1]
-    k_keep = kept_tokens(p, block.token_keep)
-    attn = (ctx.q[:, :, :1] * ctx.scale) @ ctx.k.transpose(-2, -1)  # (B, h, 1, N) class-token row
-    cls_attn = attn.softmax(-1).mean(1).squeeze(1)[:, pre:]  # (B, P)
-    order = cls_attn.argsort(dim=1, descending=True, stable=True)
-    keep_idx = order[:, :k_keep].sort(dim=1).values
-    out = [x[:, :pre], _gather(patches, keep_idx)]
-    if ctx.mode == "attentive_fuse" and k_keep < p:
-        drop_idx = order[:, k_keep:]
-        w = cls_attn.gather(1, drop_idx)
-        w = (w / w.sum(1, keepdim=True).clamp_min(1e-12)).unsqueeze(1)  # (B, 1, P_drop)
-        out.append(w @ _gather(patches, drop_idx))  # (B, 1, D) package token
-    return torch.cat(out, dim=1)
-
-
-def _bipartite_merge(t: torch.Tensor, w: torch.Tensor, match) -> torch.Tensor:
-    """Sums ``t·w`` of each merged A token into its B token; keeps unmerged A, then all B."""
-    src_idx, dst_idx, unm_idx = match
-    ta, tb = (t * w)[:, ::2], (t * w)[:, 1::2]
-    tb = tb.scatter_add(1, dst_idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]), _gather(ta, src_idx))
-    return torch.cat([_gather(ta, unm_idx), tb], dim=1)
-
-
-def _reduce_merge(block: TokenBlock, ctx: _Context, x: torch.Tensor) -> torch.Tensor:
-    pre = ctx.prefix
-    b, n, c = x.shape
-    sizes = ctx.sizes if ctx.sizes is not None else x.new_ones(b, n, 1)
-    metric = ctx.k.mean(1)[:, pre:]  # (B, P, d): keys averaged over heads
-    xs, ss = x[:, pre:], sizes[:, pre:]
-    r = xs.shape[1] - kept_tokens(xs.shape[1], block.token_keep)
-    for _, b_n in _merge_rounds(xs.shape[1], r):
-        step = min(r, b_n)
-        m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, |A|, |B|) cosine similarity
-        best, dst = scores.max(dim=-1)
-        order = best.argsort(dim=-1, descending=True, stable=True)
-        src_idx, unm_idx = order[:, :step], order[:, step:]
-        match = (src_idx, dst.gather(1, src_idx), unm_idx)
-        new_s = _bipartite_merge(ss, torch.ones_like(ss), match)
-        xs = _bipartite_merge(xs, ss, match) / new_s  # size-weighted averages
-        metric = _bipartite_merge(metric, ss, match) / new_s
-        ss, r = new_s, r - step
-    ctx.sizes = torch.cat([sizes[:, :pre], ss], dim=1)
-    return torch.cat([x[:, :pre], xs], dim=1)
-
-
-def _reduce_learned(block: TokenBlock, ctx: _Context, x: torch.Tensor) -> torch.Tensor:
-    pre = ctx.prefix
-    patches = x[:, pre:]
-    if block.training:
-        if ctx.policy is None:
-            ctx.policy = x.new_ones(x.shape[0], patches.shape[1], 1)
-        logp = block.keep_predictor(patches, ctx.policy)
-        hard = F.gumbel_softmax(logp, hard=True)[..., :1] * ctx.policy
-        ctx.policy = hard
-        ctx.ratio_losses.append((hard.mean(dim=(1, 2)) - block.token_target).pow(2).mean())
-        return x  # training keeps every token; attention masking drops them
-    logp = block.keep_predictor(patches, x.new_ones(x.shape[0], patches.shape[1], 1))
-    k_keep = kept_tokens(patches.shape[1], block.token_keep)
-    keep_idx = logp[..., 0].topk(k_keep, dim=1).indices.sort(dim=1).values
-    return torch.cat([x[:, :pre], _gather(patches, keep_idx)], dim=1)
-
-
-_REDUCE = {
-    "attentive": _reduce_attentive,
-    "attentive_fuse": _reduce_attentive,
-    "merge": _reduce_merge,
-    "learned": _reduce_learned,
-}
+            attn_mask = ctx.mode.attn_bias(ctx, x)
+        if is_causal:
+            return super().forward(x, attn_mask=attn_mask, is_causal=True)
+        return super().forward(x, attn_mask=attn_mask)
 
 
 def token_aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """DynamicViT's weighted keep-ratio loss from the last training forward, or None."""
+    """The token mode's auxiliary training loss from the last forward (e.g. DynamicViT's
+    weighted keep-ratio loss), or None."""
     ctx = getattr(model, "_token_ctx", None)
-    if ctx is None or not ctx.ratio_losses:
-        return None
-    return RATIO_LOSS_WEIGHT * torch.stack(ctx.ratio_losses).mean()
+    return None if ctx is None else ctx.mode.aux_loss(ctx)
 
 
-class _TokenPruner:
+class TokenPruner:
+    """The token pruner, bound to one mode by its ``mode`` attribute.
+
+    Registered as ``tokens_<mode>`` when the mode is registered (see
+    :func:`register_token_pruner`); everything mode-specific is the mode's.
+    """
+
     mode: str
 
     def applies(self, config) -> bool:
-        return config.token_mode == self.mode and any(b.token_keep < 1.0 for b in config.blocks if b.keep)
+        return config.token_mode == self.mode and any(
+            b.token_keep < 1.0 for b in config.blocks if b.keep)
 
     def apply(self, model, config, scores) -> None:
         check_timm_support()
-        if self.mode.startswith("attentive") and getattr(model, "cls_token", None) is None:
-            raise ConfigError(
-                f"token_mode={self.mode!r} ranks tokens by class-token attention, but this model has no "
-                "class token; use token_mode 'merge' or 'learned'"
-            )
-        ctx = _Context(self.mode, model.num_prefix_tokens)
-        model._token_ctx = ctx
-        model.patch_embed.register_forward_pre_hook(_Reset(ctx))
+        mode = _MODE_REGISTRY.get(self.mode)
+        ctx = TokenContext(mode, model.num_prefix_tokens)
         kept = [i for i, b in enumerate(config.blocks) if b.keep]
         first = next(i for i in kept if config.blocks[i].token_keep < 1.0)
-        p0 = p = model.patch_embed.num_patches
-        for pos, i in enumerate(kept):
-            blk, bc = model.blocks[i], config.blocks[i]
-            if i < first:
-                continue
-            blk.__class__ = TokenBlock
-            blk.token_ctx, blk.token_keep = ctx, bc.token_keep
-            if bc.token_keep >= 1.0:
-                continue
-            if self.mode == "learned":
-                p = kept_tokens(p, bc.token_keep)
-                blk.token_target = p / p0
-                dev = blk.norm1.weight.device if blk.norm1.weight is not None else None
-                blk.keep_predictor = KeepPredictor(blk.norm1.normalized_shape[0]).to(device=dev)
-                continue
-            prev = model.blocks[kept[pos - 1]].attn
-            if self.mode != "merge":
-                prev.q_norm.register_forward_hook(_Capture(ctx, "q", prev.scale))
-            prev.k_norm.register_forward_hook(_Capture(ctx, "k", prev.scale))
+        p = model.patch_embed.num_patches
+        prev = None
+        for i in kept:
+            blk, rate = model.blocks[i], config.blocks[i].token_keep
+            if i >= first:
+                if rate < 1.0:
+                    blk.token_keep, blk.token_kept = rate, kept_tokens(p, rate)
+                    mode.install(model, blk, prev, ctx)  # before the first swap: may refuse
+                    p = mode.tokens_out(p, blk.token_kept)
+                blk.__class__ = TokenBlock
+                blk.token_ctx, blk.token_keep = ctx, rate
+            prev = blk
+        model._token_ctx = ctx
+        model.patch_embed.register_forward_pre_hook(_Reset(ctx))
 
 
-class _ModeShim:
-    def validate(self, config) -> None:
-        check_token_config(config)
+def register_token_pruner(mode: str) -> None:
+    """Registers the token pruner for ``mode`` as ``tokens_<mode>`` (once)."""
+    name = f"tokens_{mode}"
+    if name not in PRUNERS:
+        cls = type(f"TokenPruner_{mode}", (TokenPruner,), {"mode": mode})
+        PRUNERS.register(name, order=TOKEN_PRUNER_ORDER)(cls)
 
 
-for _mode in TOKEN_MODES:
-    _MODE_REGISTRY.register(_mode)(type(f"Mode_{_mode}", (_ModeShim,), {}))
-    register_pruner(f"tokens_{_mode}", order=80)(type(f"TokenPruner_{_mode}", (_TokenPruner,), {"mode": _mode}))
+# The modes import the machinery above; importing them here registers the built-in ones.
+from .token_modes import KeepPredictor  # noqa: E402
+
+#: Names of the built-in token modes (registered on import). The registry
+#: :data:`prunetune.registry.TOKEN_MODES` is the live list, plug-ins included.
+TOKEN_MODES: tuple[str, ...] = tuple(_MODE_REGISTRY.names())

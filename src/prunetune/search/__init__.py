@@ -1,34 +1,57 @@
-"""The study: sampling, budgets, proxy tiers, the Pareto stage, backends, export."""
+"""The study: settings, sampling, budgets, proxy tiers, the Pareto stage, backends, export."""
 
 from __future__ import annotations
 
-from ._budget import Budget, parse_budget, repair
-from ._search import (
-    Evaluator,
-    SearchResult,
-    SearchSettings,
-    best_trial,
-    pareto_front,
-    run_pareto_stage,
-    search,
+from . import _backends, _samplers  # noqa: F401  (register the backends and samplers)
+from ._budget import Budget, BudgetMetric, parse_budget, repair
+from ._evaluate import Evaluator
+from ._export import export, study_status
+from ._pareto import run_pareto_stage
+from ._record import TrialRecord, final_of, finals, study_entry
+from ._report import report_rows, write_report
+from ._search import SETTINGS_FILE, SearchResult, search
+from ._select import best_trial, pareto_front, pick_members
+from ._settings import SearchSettings, TierSpec, default_tiers, settings_of
+from ._study import (
+    DEFAULT_STORAGE,
+    DEFAULT_STUDY,
+    load_study,
+    make_storage,
+    open_study,
+    trial_counts,
 )
-from ._study import DEFAULT_STORAGE, DEFAULT_STUDY, load_study, open_study
 
 __all__ = [
     "Budget",
+    "BudgetMetric",
     "DEFAULT_STORAGE",
     "DEFAULT_STUDY",
     "Evaluator",
+    "SETTINGS_FILE",
     "SearchResult",
     "SearchSettings",
+    "TierSpec",
+    "TrialRecord",
     "best_trial",
+    "default_tiers",
+    "export",
+    "final_of",
+    "finals",
     "load_study",
+    "make_storage",
     "open_study",
     "pareto_front",
     "parse_budget",
+    "pick_members",
     "repair",
+    "report_rows",
     "run_pareto_stage",
     "search",
+    "settings_of",
+    "study_entry",
+    "study_status",
+    "trial_counts",
+    "write_report",
 ]
 
 

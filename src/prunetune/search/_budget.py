@@ -9,11 +9,69 @@ from ..config import PruningConfig
 from ..errors import InfeasibleConfigError, PrunetuneError
 from ..evaluators import estimate_cost
 from ..models import ViTArch
+from ..registry import BUDGET_METRICS
 
-__all__ = ["Budget", "parse_budget", "repair", "cost_of", "minimum_config"]
+__all__ = ["Budget", "BudgetMetric", "parse_budget", "repair", "cost_of", "minimum_config"]
 
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_RE = re.compile(r"^\s*(flops|macs|params|latency)\s*=\s*([0-9]*\.?[0-9]+)\s*(%|[kKmMgGtT]|ms)?\s*$")
+_RE = re.compile(r"^\s*([a-z_]+)\s*=\s*([0-9]*\.?[0-9]+)\s*(%|[kKmMgGtT]|ms)?\s*$")
+
+
+class BudgetMetric:
+    """A budgeted quantity, registered in :data:`prunetune.registry.BUDGET_METRICS`.
+
+    ``keywords`` maps what a user types before ``=`` to the factor that turns it into the
+    stored unit (``flops`` is stored as MACs: 0.5). ``time`` metrics take ``ms`` and need a
+    latency model; the others take k/M/G/T suffixes.
+    """
+
+    name: str
+    keywords: dict[str, float] = {}
+    unit: str = ""
+    time: bool = False
+
+    def cost(self, config: PruningConfig, arch: ViTArch, latency_model=None) -> float:
+        raise NotImplementedError
+
+    def format(self, value: float) -> str:
+        return f"{value:,.0f} {self.unit}"
+
+
+@BUDGET_METRICS.register("macs", keywords={"flops": 0.5, "macs": 1.0}, unit="MACs")
+class MACsMetric(BudgetMetric):
+    """Multiply-accumulates per image (analytic, exact); ``flops=`` budgets are stored as MACs."""
+
+    def cost(self, config, arch, latency_model=None) -> float:
+        return float(estimate_cost(config, arch).macs)
+
+    def format(self, value: float) -> str:
+        return f"{value:,.0f} MACs ({2 * value:,.0f} FLOPs)"
+
+
+@BUDGET_METRICS.register("params", keywords={"params": 1.0}, unit="params")
+class ParamsMetric(BudgetMetric):
+    """Parameters of the pruned model (analytic, exact)."""
+
+    def cost(self, config, arch, latency_model=None) -> float:
+        return float(estimate_cost(config, arch).params)
+
+
+@BUDGET_METRICS.register("latency", keywords={"latency": 1.0}, unit="ms", time=True)
+class LatencyMetric(BudgetMetric):
+    """Milliseconds per batch, predicted by the measured per-block latency table."""
+
+    def cost(self, config, arch, latency_model=None) -> float:
+        return float(latency_model.predict(config))
+
+    def format(self, value: float) -> str:
+        return f"{value:.3f} ms"
+
+
+def _metric_for(word: str) -> tuple[str, float] | None:
+    for name, metric in BUDGET_METRICS.items():
+        if word in metric.keywords:
+            return name, metric.keywords[word]
+    return None
 
 
 class BudgetError(PrunetuneError):
@@ -42,44 +100,38 @@ class Budget:
         return replace(self, limit=self.fraction * dense_value)
 
     def describe(self) -> str:
-        unit = {"macs": " MACs", "params": " params", "latency": " ms"}[self.metric]
-        lim = f"{self.limit:,.0f}{unit}" if self.metric != "latency" else f"{self.limit:.3f}{unit}"
-        if self.metric == "macs":
-            lim += f" ({2 * self.limit:,.0f} FLOPs)"
-        return f"{self.text} -> {lim}"
+        return f"{self.text} -> {BUDGET_METRICS.get(self.metric).format(self.limit)}"
 
 
 def parse_budget(text: str) -> Budget:
     """``flops=50%``, ``flops=0.2G``, ``macs=100M``, ``params=3M``, ``latency=4ms``."""
-    m = _RE.match(text or "")
-    if not m:
+    m = _RE.match(text) if isinstance(text, str) else None
+    found = _metric_for(m.group(1)) if m else None
+    if found is None:
+        words = ", ".join(w for _, mt in BUDGET_METRICS.items() for w in mt.keywords)
         raise BudgetError(
-            f"malformed budget {text!r}; use e.g. flops=50%, flops=0.2G, macs=100M, params=3M or latency=4ms"
+            f"malformed budget {text!r}; use e.g. flops=50%, flops=0.2G, macs=100M, params=3M or "
+            f"latency=4ms (metrics: {words})"
         )
-    metric, num, unit = m.group(1), float(m.group(2)), (m.group(3) or "")
+    (metric, factor), num, unit = found, float(m.group(2)), (m.group(3) or "")
     if num <= 0:
         raise BudgetError(f"budget {text!r} must be positive")
     if unit == "%":
         if num > 100:
             raise BudgetError(f"budget {text!r} is above 100 % of the dense model")
-        return Budget("macs" if metric in ("flops", "macs") else metric, None, num / 100, text)
-    if metric == "latency":
+        return Budget(metric, None, num / 100, text)
+    if BUDGET_METRICS.get(metric).time:
         if unit not in ("ms", ""):
-            raise BudgetError(f"latency budgets are in ms (e.g. latency=4ms), got {text!r}")
-        return Budget("latency", num, None, text)
+            raise BudgetError(f"{m.group(1)} budgets are in ms (e.g. {m.group(1)}=4ms), got {text!r}")
+        return Budget(metric, num * factor, None, text)
     if unit == "ms":
         raise BudgetError(f"'ms' is a latency unit; got {text!r}")
-    value = num * _UNITS[unit.lower()]
-    if metric == "flops":
-        return Budget("macs", value / 2, None, text)  # we store MACs; 1 MAC = 2 FLOPs
-    return Budget(metric, value, None, text)
+    return Budget(metric, num * _UNITS[unit.lower()] * factor, None, text)
 
 
 def cost_of(config: PruningConfig, arch: ViTArch, metric: str, latency_model=None) -> float:
-    if metric == "latency":
-        return latency_model.predict(config)
-    c = estimate_cost(config, arch)
-    return float(c.macs if metric == "macs" else c.params)
+    """The budgeted quantity of a count-mode ``config`` (see :class:`BudgetMetric`)."""
+    return BUDGET_METRICS.get(metric).cost(config, arch, latency_model)
 
 
 def _scaled(config: PruningConfig, arch: ViTArch, s: float) -> PruningConfig:

@@ -12,7 +12,10 @@ import optuna
 from .._io import atomic_dir
 from ..config import PruningConfig
 from ..errors import PrunetuneError
-from ._search import SearchSettings, best_trial, pareto_front, settings_of
+from ..pruners import compute_scores, prune
+from ._record import TrialRecord, final_of, study_entry
+from ._select import best_trial, pareto_front
+from ._settings import SearchSettings, settings_of
 from ._study import trial_counts
 
 __all__ = ["export", "study_status"]
@@ -26,9 +29,9 @@ def study_status(study: optuna.Study) -> dict:
     """
     settings = settings_of(study)
     done, running = trial_counts(study)
-    stage = study.user_attrs.get("pareto_stage") or {}
+    stage = study_entry(study, "pareto_stage") or {}
     members = stage.get("members", [])
-    tuned = [n for n in members if study.user_attrs.get(f"final_{n}")]
+    tuned = [n for n in members if final_of(study, n)]
     complete = (done >= settings.n_trials and running == 0 and stage.get("state") == "done"
                 and len(tuned) == len(members))
     return {"finished": done, "running": running, "n_trials": settings.n_trials, "pareto": stage.get("state"),
@@ -52,13 +55,14 @@ def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: Sear
     """Writes one member into ``dest`` (a temporary folder that becomes ``final_dir``)."""
     from .._pruned import CONFIG_FILE, WEIGHTS_FILE, save_pruned
 
-    final = study.user_attrs.get(f"final_{t.number}")
+    final = final_of(study, t.number)
     art = settings.artifacts_dir() / f"trial_{t.number}"
-    config = PruningConfig.from_dict(t.user_attrs["config"])
-    info = {"trial": t.number, "study": study.study_name, "macs": t.user_attrs["macs"], "flops": 2 * t.user_attrs["macs"],
-            "params": t.user_attrs["params"], "tier_a_kl": t.user_attrs.get("tier_a_kl"),
-            "tier_b_accuracy": t.values[0], "final": final, "budget": study.user_attrs.get("budget"),
-            "dense": study.user_attrs.get("dense")}
+    rec = TrialRecord.of(t)
+    config = PruningConfig.from_dict(rec.config)
+    info = {"trial": t.number, "study": study.study_name, "macs": rec.macs, "flops": rec.flops,
+            "params": rec.params, "tiers": {r.tier: r.to_dict() for r in rec.tiers},
+            "proxy_accuracy": t.values[0], "final": final, "budget": study_entry(study, "budget"),
+            "dense": study_entry(study, "dense")}
     if final and (art / WEIGHTS_FILE).is_file():
         shutil.copyfile(art / WEIGHTS_FILE, dest / WEIGHTS_FILE)
         (dest / CONFIG_FILE).write_text(config.to_json())
@@ -69,13 +73,7 @@ def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: Sear
             raise PrunetuneError(
                 f"the Pareto-stage weights of trial {t.number} are missing ({art / WEIGHTS_FILE}); copy the "
                 f"artifacts folder there, or pass --untuned to export pruned weights without fine-tuning")
-        if evaluator is None:
-            from ._search import Evaluator
-
-            evaluator = Evaluator(settings)
-        from ..pruners import prune
-
-        model = prune(evaluator.base.model, config, scores=evaluator.scores(config.criterion))
+        model = prune(*_dense_and_scores(settings, config.criterion, evaluator), config)
         save_pruned(model, dest, config)
         info["final"] = None  # its fine-tuned accuracy belongs to other weights
         info["weights"] = "pruned, not fine-tuned" + (
@@ -84,6 +82,21 @@ def _export_one(study: optuna.Study, t: optuna.trial.FrozenTrial, settings: Sear
     config_path = shlex.quote(str((final_dir / CONFIG_FILE).resolve()))
     info["reproduce"] = _reproduce(settings, config_path) if info["tuned"] else None
     return info
+
+
+def _dense_and_scores(settings: SearchSettings, criterion: str, evaluator=None):
+    """The dense model and its saliency scores by ``criterion``, as the search computed them."""
+    if evaluator is not None:
+        return evaluator.base.model, evaluator.scores(criterion)
+    from .. import _session
+    from ..models import resolve_model_spec
+
+    s = settings
+    base = _session.load_base(resolve_model_spec(s.model), s.checkpoint, s.data, s.download,
+                              s.data_root, s.device, mean=s.mean, std=s.std,
+                              interpolation=s.interpolation, crop_pct=s.crop_pct, check_dense=False)
+    calib = base.calibration(s.calib_samples, s.batch_size, s.seed)
+    return base.model, compute_scores(base.model, criterion, calib)
 
 
 def _reproduce(s: SearchSettings, config_path: str) -> str:

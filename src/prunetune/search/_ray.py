@@ -1,8 +1,10 @@
-"""Ray Tune backend: the same evaluation, scheduled by Ray, sampled by OptunaSearch on our study.
+"""Ray Tune backend: the same evaluation, scheduled by Ray, asked and told on our Optuna study.
 
-Ray's ``OptunaSearch`` asks and tells the very Optuna study (same storage, same name) that the
-in-process backend uses, so both write one study format; a subclass adds our per-trial
-attributes (config, MACs, tier scores, budget constraint) before each result is told.
+:class:`_Search` is a Ray Tune ``Searcher`` that asks the very Optuna study (same storage,
+same name, same registered sampler) that the in-process backend uses, samples it with
+:meth:`SearchSpace.suggest` exactly as the in-process objective does, and tells it each
+trial's outcome with the :class:`TrialRecord` the trainable returned; both backends write one
+study format and propose the same candidates.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import socket
 import threading
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -20,7 +23,10 @@ import torch
 from tqdm import tqdm
 
 from ..errors import PrunetuneError
-from ._study import HEARTBEAT_INTERVAL, make_sampler, make_storage, trial_counts
+from ..spaces import SearchSpace
+from ._record import TrialRecord
+from ._samplers import make_sampler
+from ._study import HEARTBEAT_INTERVAL, make_storage, trial_counts
 
 __all__ = ["run_ray"]
 
@@ -34,25 +40,10 @@ def _absolute_sqlite(url: str) -> str:
 
 try:
     from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
 
     _RAY_MISSING = None
 except ImportError as e:  # the error is raised when the Ray backend is used
-    OptunaSearch, _RAY_MISSING = object, e
-
-#: Studies searched from this process: (storage, study) -> (study, heartbeats).
-_RUNS: dict[tuple[str, str], tuple] = {}
-
-
-def _run_state(storage: str, study_name: str, grace_period: int | None) -> tuple:
-    """The study and the heartbeat thread of a search, made on first use in this process."""
-    key = (storage, study_name)
-    if key not in _RUNS:
-        st = make_storage(storage, grace_period=grace_period)
-        beats = _Heartbeats(st, study_name)
-        beats.start()
-        _RUNS[key] = (optuna.load_study(study_name=study_name, storage=st), beats)
-    return _RUNS[key]
+    Searcher, _RAY_MISSING = object, e
 
 
 class _Heartbeats:
@@ -67,7 +58,8 @@ class _Heartbeats:
         self.ids: dict[str, int] = {}
         self.lock = threading.Lock()
         self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="prunetune-ray-heartbeat")
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name="prunetune-ray-heartbeat")
 
     def add(self, ray_trial_id: str, number: int) -> None:
         tid = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -98,66 +90,136 @@ class _Heartbeats:
                     pass
 
 
-class _Search(OptunaSearch):
-    # plain values only: Tune pickles the searcher, and with Ray Client runs it on the cluster
-    prunetune_storage: str = ""
-    prunetune_study: str = ""
-    prunetune_total: int = 0
-    prunetune_grace: int | None = None
+@dataclass
+class _Run:
+    """What a search keeps in the process that runs its searcher (never pickled)."""
 
-    def suggest(self, trial_id):
+    study: optuna.Study
+    beats: _Heartbeats
+    #: Ray trial id -> the Optuna trial asked for it, until it is told
+    trials: dict[str, optuna.Trial] = field(default_factory=dict)
+
+
+#: Searches run from this process: (storage, study) -> their study, heartbeats, open trials.
+_RUNS: dict[tuple[str, str], _Run] = {}
+
+
+class _Search(Searcher):
+    """Asks and tells the study of a search for Ray Tune, through Optuna's public API.
+
+    Tune pickles the searcher (and with Ray Client runs it on the cluster), so it holds plain
+    values only; the study, its sampler, the heartbeats and the open Optuna trials live in
+    :data:`_RUNS` of the process that runs it. Its state is the study itself: :meth:`save`
+    writes these values, nothing more. No metric or mode is given to Tune: the outcome is
+    told to Optuna directly, and the Tuner gets no ``param_space`` (the space is ours), so
+    Tune never calls ``set_search_properties``.
+
+    Args:
+        space: The search space (sampled define-by-run, like the in-process objective).
+        storage: The study's storage URL.
+        study_name: The study's name.
+        sampler: A registered sampler name.
+        seed: The search's seed (None: unseeded).
+        n_trials: The study total shared with other workers.
+        grace_period: Seconds after which a silent trial counts as dead.
+    """
+
+    def __init__(self, space: SearchSpace, storage: str, study_name: str, sampler: str,
+                 seed: int | None, n_trials: int, grace_period: int | None = None):
+        super().__init__()
+        self.space, self.storage, self.study_name = space, storage, study_name
+        self.sampler, self.seed, self.n_trials = sampler, seed, n_trials
+        self.grace_period = grace_period
+
+    def _run(self) -> _Run:
+        """This process's state of the search, made on first use."""
+        key = (self.storage, self.study_name)
+        if key not in _RUNS:
+            st = make_storage(self.storage, grace_period=self.grace_period)
+            sampler = make_sampler(self.sampler, self.seed, self.n_trials)
+            study = optuna.load_study(study_name=self.study_name, storage=st, sampler=sampler)
+            beats = _Heartbeats(st, self.study_name)
+            beats.start()
+            _RUNS[key] = _Run(study, beats)
+        return _RUNS[key]
+
+    def suggest(self, trial_id: str) -> dict | str | None:
         # --n-trials is a study total shared with other workers (see run_trials)
-        own_study, beats = _run_state(self.prunetune_storage, self.prunetune_study, self.prunetune_grace)
-        done, running = trial_counts(own_study)
-        if done >= self.prunetune_total:
+        run = self._run()
+        done, running = trial_counts(run.study)
+        if done >= self.n_trials:
             return Searcher.FINISHED
-        if done + running >= self.prunetune_total:
+        if done + running >= self.n_trials:
             return None  # ask again once a running trial has ended
         with warnings.catch_warnings():  # the driver beats for its trials itself (_Heartbeats)
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            config = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None:
-            beats.add(trial_id, ot_trial.number)
-        return config
+            trial = run.study.ask()
+        try:
+            params = self.space.suggest(trial)
+        except Exception:
+            run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        run.trials[trial_id] = trial
+        run.beats.add(trial_id, trial.number)
+        return params
 
-    def on_trial_complete(self, trial_id, result=None, error=False):
-        _run_state(self.prunetune_storage, self.prunetune_study, self.prunetune_grace)[1].discard(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result and "attrs" in result:
-            from ._search import record
-
-            record(ot_trial, json.loads(result["attrs"]))
-        if (ot_trial is not None and result and result.get("pruned") and not error
-                and trial_id not in self._completed_trials):
-            # OptunaSearch would tell [nan, nan] as COMPLETE values (and fail, leaving it RUNNING)
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        run = self._run()
+        run.beats.discard(trial_id)
+        trial = run.trials.pop(trial_id, None)
+        if trial is None:  # not asked by this process (a restored experiment's)
             return
-        super().on_trial_complete(trial_id, result, error)
+        if error or not result or "record" not in result:
+            run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        TrialRecord.from_attrs(json.loads(result["record"])).write(trial)
+        if result.get("pruned"):  # stopped early: no values
+            run.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            run.study.tell(trial, [result["accuracy"], result["cost"]])
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's checkpoint: which study this searcher serves (the study holds the rest)."""
+        Path(checkpoint_path).write_text(json.dumps({
+            "storage": self.storage, "study_name": self.study_name, "sampler": self.sampler,
+            "seed": self.seed, "n_trials": self.n_trials, "grace_period": self.grace_period}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        for k, v in json.loads(Path(checkpoint_path).read_text()).items():
+            setattr(self, k, v)
 
 
-
-def _trainable(params: dict, evaluator=None, storage: str = "", study_name: str = "", threads: int = 1) -> None:
+def _trainable(params: dict, evaluator=None, storage: str = "", study_name: str = "",
+               threads: int = 1) -> None:
     from ray import tune
 
     from ._study import load_study
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    attrs, values = evaluator.evaluate(params, load_study(storage, study_name))
-    result = {"attrs": json.dumps(attrs, default=str)}
-    if values is None:  # stopped early; Ray insists on the metrics, the searcher tells Optuna PRUNED
+    rec, values = evaluator.evaluate(params, load_study(storage, study_name))
+    attrs = rec.to_attrs() if hasattr(rec, "to_attrs") else rec
+    result = {"record": json.dumps(attrs, default=str)}
+    if values is None:  # stopped early; Ray insists on the metrics, the searcher tells PRUNED
         result.update({"accuracy": float("nan"), "cost": float("nan"), "pruned": 1})
     else:
         result.update({"accuracy": values[0], "cost": values[1], "pruned": 0})
     tune.report(result)
 
 
+_CHECK_HEAD = ("check that `ray start --head` runs there (host:port is its GCS port, ray:// its "
+               "client server port, 10001 by default)")
+
+
 def check_address(address: str, timeout: float = 5.0) -> None:
-    """Fails in one line unless something accepts connections at ``address`` (ray.init would wait)."""
+    """Fails in one line unless something accepts connections at ``address``.
+
+    (``ray.init`` would wait.)
+    """
     if not isinstance(address, str) or not address.strip() or address.strip() == "local":
-        raise PrunetuneError(f"--address {address!r} is not a cluster address; use host:port or ray://host:port")
+        raise PrunetuneError(f"--address {address!r} is not a cluster address; "
+                             f"use host:port or ray://host:port")
     address = address.strip()
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
@@ -166,9 +228,8 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        raise PrunetuneError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e}; check that "
-                             f"`ray start --head` runs there (host:port is its GCS port, ray:// its client "
-                             f"server port, 10001 by default)") from None
+        raise PrunetuneError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e}; "
+                             f"{_CHECK_HEAD}") from None
 
 
 def _connect(address: str | None, workers: int, progress: bool) -> None:
@@ -184,14 +245,15 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": False}
     if address is None:
-        ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1),
+                 include_dashboard=False, **quiet)
         ip = ray.util.get_node_ip_address()
         if ip not in ("127.0.0.1", "::1", "localhost"):
             ray.shutdown()
             raise PrunetuneError(
-                f"a local Ray cluster would listen on {ip} (ray was imported before prunetune could bind it "
-                f"to 127.0.0.1); set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray, or start a "
-                f"cluster yourself and pass --address")
+                f"a local Ray cluster would listen on {ip} (ray was imported before prunetune "
+                f"could bind it to 127.0.0.1); set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before "
+                f"importing ray, or start a cluster yourself and pass --address")
         return
     check_address(address)
     address = address.strip()
@@ -202,9 +264,8 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
             ray.init(address=address, include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrunetuneError(f"cannot connect to the Ray cluster at {address}: {msg[:200]}; check that "
-                             f"`ray start --head` runs there (host:port is its GCS port, ray:// its client "
-                             f"server port, 10001 by default)") from None
+        raise PrunetuneError(f"cannot connect to the Ray cluster at {address}: {msg[:200]}; "
+                             f"{_CHECK_HEAD}") from None
 
 
 def run_ray(study: optuna.Study, ev, settings, workers: int = 1, address: str | None = None,
@@ -243,32 +304,31 @@ def run_ray(study: optuna.Study, ev, settings, workers: int = 1, address: str | 
         _connect(address, workers, progress)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, cpus // workers)
-    searcher = _Search(space=ev.space.to_optuna(), metric=["accuracy", "cost"], mode=["max", "min"],
-                       sampler=make_sampler(settings.sampler, settings.seed, settings.n_trials),
-                       study_name=study.study_name,
-                       storage=make_storage(storage, grace_period=settings.grace_period))
-    searcher.prunetune_storage, searcher.prunetune_study = storage, study.study_name
-    searcher.prunetune_total, searcher.prunetune_grace = settings.n_trials, settings.grace_period
+    searcher = _Search(ev.space, storage, study.study_name, settings.sampler, settings.seed,
+                       settings.n_trials, settings.grace_period)
     bar = _Bar(remaining)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, evaluator=ev, storage=storage, study_name=study.study_name, threads=threads),
+        tune.with_parameters(_trainable, evaluator=ev, storage=storage,
+                             study_name=study.study_name, threads=threads),
         {"cpu": 1},
     )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                    max_concurrent_trials=workers),
         run_config=tune.RunConfig(name=f"prunetune-{study.study_name}", verbose=0, callbacks=[bar],
                                   storage_path=str((settings.artifacts_dir() / "ray").resolve())),
     )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a killed driver's trials: failed, then retried
+            # a killed driver's trials: failed, then retried
+            optuna.storages.fail_stale_trials(study)
         tuner.fit()
     finally:
-        state = _RUNS.pop((storage, study.study_name), None)
-        if state is not None:
-            state[1].stop()
+        run = _RUNS.pop((storage, study.study_name), None)
+        if run is not None:
+            run.beats.stop()
         bar.bar.close()
         if started:
             ray.shutdown()

@@ -9,45 +9,14 @@ readers and writers here too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
+from ..evaluators import TierResult
+
 __all__ = ["TierResult", "TrialRecord", "final_of", "set_final", "study_entry"]
-
-
-@dataclass(frozen=True)
-class TierResult:
-    """One proxy tier's verdict on a candidate.
-
-    Attributes:
-        tier: The tier's label (``a``, ``b``, ... in the order the tiers run).
-        proxy: The registered proxy that scored it.
-        score: Higher is better; the last tier's score is the trial's accuracy objective.
-        details: What the proxy reported beside the score (``kl``, ``accuracy``, ``steps``...).
-        passed: Whether the candidate went on past this tier's gate.
-    """
-
-    tier: str
-    proxy: str
-    score: float
-    details: dict[str, Any] = field(default_factory=dict)
-    passed: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"proxy": self.proxy, "score": self.score, "passed": self.passed, **self.details}
-
-    @classmethod
-    def from_dict(cls, tier: str, d: dict[str, Any]) -> TierResult:
-        details = {k: v for k, v in d.items() if k not in ("proxy", "score", "passed")}
-        return cls(tier, d["proxy"], float(d["score"]), details, bool(d.get("passed", True)))
-
-    @property
-    def accuracy(self) -> float | None:
-        """The proxy's accuracy reading (zero-shot or after its short fine-tune), if it has one."""
-        v = self.details.get("accuracy")
-        return None if v is None else float(v)
 
 
 _TIER_PREFIX = "tier_"

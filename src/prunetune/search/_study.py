@@ -7,17 +7,17 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
 import optuna
 
 from ..errors import PrunetuneError
+from ..registry import SAMPLERS
+from ._samplers import make_sampler  # re-exported: importers of make_sampler from here
 
-__all__ = ["DEFAULT_STORAGE", "DEFAULT_STUDY", "make_storage", "open_study", "load_study", "find_study", "make_sampler",
-           "SAMPLERS", "StudyLock", "trial_counts", "check_writable"]
+__all__ = ["DEFAULT_STORAGE", "DEFAULT_STUDY", "make_storage", "open_study", "load_study",
+           "find_study", "make_sampler", "SAMPLERS", "StudyLock", "trial_counts", "check_writable"]
 
 DEFAULT_STORAGE = "sqlite:///prunetune.db"
 DEFAULT_STUDY = "prunetune"  # prefix: the default name carries the budget (default_study_name)
-SAMPLERS = ("nsga2", "tpe", "random")
 #: Seconds between heartbeats of a running trial, and after which a silent one counts as dead.
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 5, 20
 
@@ -209,65 +209,6 @@ def make_storage(url: str, heartbeat: bool = True, grace_period: int | None = No
         raise
     except Exception as e:  # sqlalchemy raises many types for bad URLs / unreachable servers
         raise _storage_error(url, e) from None
-
-
-class _SeededPerTrial:
-    """Sampler mixin: the random draws of trial ``n`` come from a generator seeded by ``(seed, n)``.
-
-    ``n`` counts the trials before this one that did not fail.
-
-    A seeded Optuna sampler draws from one stream per process, so workers that share a study
-    (with the same ``--seed``, as resuming requires) would propose the same candidates in the
-    same order. Trial numbers are unique across workers: seeding by them keeps the workers'
-    draws apart and a single-worker search exactly as reproducible as before.
-    """
-
-    _trial_seed: int | None = None
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self._trial_seed is not None:
-            # failed trials (a killed worker's) do not count: a resumed search draws the same
-            # candidates as one that was never interrupted
-            fails = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-                        if t.number < trial.number)
-            states = np.random.SeedSequence([self._trial_seed, trial.number - fails]).generate_state(2)
-            for obj, s in zip((self, getattr(self, "_random_sampler", None)), states):
-                rng = getattr(obj, "_rng", None)  # optuna's LazyRandomState
-                if rng is not None:
-                    rng.rng.seed(int(s))
-        super().before_trial(study, trial)
-
-
-class _NSGAIISampler(_SeededPerTrial, optuna.samplers.NSGAIISampler):
-    pass
-
-
-class _TPESampler(_SeededPerTrial, optuna.samplers.TPESampler):
-    pass
-
-
-class _RandomSampler(_SeededPerTrial, optuna.samplers.RandomSampler):
-    pass
-
-
-def make_sampler(name: str, seed: int | None, n_trials: int) -> optuna.samplers.BaseSampler:
-    """NSGA-II, TPE or random; the objective records the budget constraint with ``trial.set_constraint``.
-
-    With a ``seed``, each trial's draws are seeded by ``(seed, trial number)`` (see
-    :class:`_SeededPerTrial`), so several workers on one study do not repeat each other.
-    """
-    if name == "nsga2":
-        sampler = _NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
-    elif name == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = _TPESampler(seed=seed, multivariate=True, n_startup_trials=max(4, n_trials // 4))
-    elif name == "random":
-        sampler = _RandomSampler(seed=seed)
-    else:
-        raise PrunetuneError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    sampler._trial_seed = seed
-    return sampler
 
 
 def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler | None,

@@ -9,7 +9,7 @@ from typing import Any
 from .._io import read_mapping
 from ..errors import ConfigError
 from ..models import ModelSpec, ViTArch
-from ..pruners._tokens import TOKEN_MODES
+from ..registry import TOKEN_MODES
 from ._space import Dim, SearchSpace
 
 __all__ = ["PRESETS", "DEFAULT_CRITERIA", "build_space", "load_space"]
@@ -141,7 +141,8 @@ def build_space(model: ModelSpec | str, preset: str = "hybrid", overrides: dict[
         default_modes = DEFAULT_TOKEN_MODES if a.num_prefix_tokens else ("merge",)  # attentive needs a class token
         modes = _names(o, "token_modes", default_modes)
         if any(m not in TOKEN_MODES for m in modes):
-            raise ConfigError(f"token_modes must be a subset of {TOKEN_MODES}, got {list(modes)}")
+            raise ConfigError(f"token_modes must be a subset of {tuple(TOKEN_MODES.names())}, "
+                              f"got {list(modes)}")
         token_blocks = _blocks(o, "token_blocks", default_token_blocks(a.depth), 1, a.depth - 1,
                                "token reduction can start at blocks")
         for i in token_blocks:

@@ -35,18 +35,23 @@ class Dim:
 
     def __post_init__(self) -> None:
         if self.kind not in ("int", "float", "categorical"):
-            raise ConfigError(f"dimension {self.name}: kind must be int, float or categorical, got {self.kind!r}")
+            raise ConfigError(f"dimension {self.name}: kind must be int, float or categorical, "
+                              f"got {self.kind!r}")
         if self.kind == "categorical":
             if not self.choices:
                 raise ConfigError(f"dimension {self.name}: a categorical needs at least one choice")
             return
         if self.low is None or self.high is None or not self.low <= self.high:
-            raise ConfigError(f"dimension {self.name}: `low <= high` must hold, but got (low={self.low}, high={self.high})")
-        if self.kind == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
-            raise ConfigError(f"dimension {self.name}: int bounds must be integers, got {self.low}, {self.high}")
+            raise ConfigError(f"dimension {self.name}: `low <= high` must hold, but got "
+                              f"(low={self.low}, high={self.high})")
+        integral = float(self.low).is_integer() and float(self.high).is_integer()
+        if self.kind == "int" and not integral:
+            raise ConfigError(f"dimension {self.name}: int bounds must be integers, "
+                              f"got {self.low}, {self.high}")
         if self.step is not None:
             if self.step <= 0:
-                raise ConfigError(f"dimension {self.name}: `step > 0` must hold, but got step={self.step}")
+                raise ConfigError(f"dimension {self.name}: `step > 0` must hold, "
+                                  f"but got step={self.step}")
             n = (self.high - self.low) / self.step
             if abs(n - round(n)) > 1e-9:
                 raise ConfigError(
@@ -63,6 +68,15 @@ class Dim:
             return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
         return d.FloatDistribution(float(self.low), float(self.high), step=self.step)
 
+    def suggest(self, trial) -> Any:
+        """Samples this dimension on an Optuna trial, with the distribution of :meth:`to_optuna`."""
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high),
+                                     step=int(self.step or 1))
+        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step)
+
     def to_ray(self):
         """A Ray Tune domain with the same values (Ray's ``randint`` excludes its upper bound).
 
@@ -78,7 +92,8 @@ class Dim:
             if step == 1:
                 return tune.randint(int(self.low), int(self.high) + 1)
             if int(self.low) % step == 0:
-                return tune.qrandint(int(self.low), int(self.high), step)  # qrandint's upper bound is inclusive
+                # qrandint's upper bound is inclusive
+                return tune.qrandint(int(self.low), int(self.high), step)
             return tune.choice(self.values())
         if self.step is None:
             return tune.uniform(float(self.low), float(self.high))
@@ -137,7 +152,7 @@ class SearchSpace:
 
     def suggest(self, trial) -> dict[str, Any]:
         """Samples every dimension on an Optuna trial (define-by-run)."""
-        return {name: trial._suggest(name, dist) for name, dist in self.to_optuna().items()}
+        return {d.name: d.suggest(trial) for d in self.dims}
 
     def to_config(self, params: dict[str, Any]) -> PruningConfig:
         """Builds the PruningConfig of one sample (missing parameters keep the dense value)."""
@@ -149,7 +164,8 @@ class SearchSpace:
                 if f"heads_{i}" in params:
                     kw["heads"] = int(params[f"heads_{i}"])
                 if f"mlp_{i}" in params:
-                    kw["mlp"] = max(1, min(a.mlp_hidden, round(float(params[f"mlp_{i}"]) * a.mlp_hidden)))
+                    kept = round(float(params[f"mlp_{i}"]) * a.mlp_hidden)
+                    kw["mlp"] = max(1, min(a.mlp_hidden, kept))
             else:
                 kw["head_threshold"] = float(params.get(f"head_thr_{i}", 0.0))
                 kw["mlp_threshold"] = float(params.get(f"mlp_thr_{i}", 0.0))
@@ -161,12 +177,8 @@ class SearchSpace:
         if not any(b.keep for b in blocks):
             blocks[0] = BlockConfig(**{k: v for k, v in blocks[0].__dict__.items() if k != "keep"})
         return PruningConfig(
-            self.model, tuple(blocks), criterion=params.get("criterion", self.meta.get("criterion", "taylor")),
-            width_mode=self.width_mode, token_mode=params.get("token_mode", self.meta.get("token_mode", "attentive")),
+            self.model, tuple(blocks),
+            criterion=params.get("criterion", self.meta.get("criterion", "taylor")),
+            width_mode=self.width_mode,
+            token_mode=params.get("token_mode", self.meta.get("token_mode", "attentive")),
         )
-
-    def grid_size(self) -> float:
-        n = 1.0
-        for d in self.dims:
-            n *= math.inf if d.kind == "float" and d.step is None else len(d.values())
-        return n

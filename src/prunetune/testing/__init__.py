@@ -1,0 +1,9 @@
+"""Contract suites every plug-in of a registry must pass (as ``optuna.testing`` for samplers).
+
+A plug-in's own tests call them; prunetune's tests run them over every registered name.
+"""
+
+from .pruners import check_pruner
+from .saliency import check_saliency
+
+__all__ = ["check_pruner", "check_saliency"]
