@@ -21,10 +21,12 @@ The fine-tuned front members of every search also give (tier a, tier b, final) t
 proxy-fidelity table (Kendall tau of each tier against final fine-tuned validation accuracy).
 
 Runs are appended to ``runs.jsonl`` in ``--work`` and skipped when rerun, so an interrupted
-benchmark resumes. Writes baselines.json, baselines.csv, baselines.png and proxy_fidelity.json in --out.
+benchmark resumes. Writes baselines.json, baselines.csv, baselines.png and proxy_fidelity.json in
+--out.
 
 Usage: python benchmarks/baselines.py [--budgets 50,30] [--seeds 0,1,2] [--trials 30]
-       [--random-trials 90] [--hv-budget 30] [--work /tmp/prunetune-baselines] [--out benchmarks/results]
+       [--random-trials 90] [--hv-budget 30] [--work /tmp/prunetune-baselines]
+       [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ CHANCE = 0.1  # digits: 10 classes
 
 
 def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: float) -> float:
-    """2-D hypervolume of (accuracy to maximise, cost to minimise) points w.r.t. (ref_acc, ref_cost)."""
+    """2-D hypervolume of (accuracy to maximise, cost to minimise) points w.r.t. (ref_acc,
+    ref_cost)."""
     pts = sorted((c, a) for a, c in points if c <= ref_cost and a > ref_acc)
     area, best = 0.0, ref_acc
     for i, (c, a) in enumerate(pts):
@@ -66,8 +69,11 @@ def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: flo
 
 def hv_history(study: optuna.Study, dense_macs: float, fraction: float) -> list[float]:
     """Hypervolume after each finished trial (complete or stopped early), in trial order."""
-    finished = [t for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if t.state.is_finished()
-                and t.state != optuna.trial.TrialState.FAIL]
+    finished = [
+        t
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL
+    ]
     pts, out = [], []
     for t in finished:
         rec = TrialRecord.of(t)
@@ -78,7 +84,8 @@ def hv_history(study: optuna.Study, dense_macs: float, fraction: float) -> list[
 
 
 def uniform_config(spec, arch, limit: float, criterion: str) -> PruningConfig:
-    """The largest same-in-every-block (heads, MLP) pair under ``limit`` MACs with near-equal kept ratios."""
+    """The largest same-in-every-block (heads, MLP) pair under ``limit`` MACs with near-equal kept
+    ratios."""
     best = None
     for h in range(1, arch.num_heads + 1):
         lo, hi = 0, arch.mlp_hidden  # largest MLP width fitting the budget with h heads
@@ -106,26 +113,51 @@ def run_uniform(budget: int, criterion: str, seed: int) -> dict:
     model = ev.final_model(cfg, progress=False)
     test = make_loader(ev.base.data.test, 256)
     b = cfg.blocks[0]
-    return {"macs_ratio": estimate_cost(cfg, ev.arch).macs / ev.dense_cost.macs,
-            "val": evaluate_accuracy(model, ev.val).accuracy, "test": evaluate_accuracy(model, test).accuracy,
-            "shape": f"{b.heads}/{ev.arch.num_heads} heads, {b.mlp}/{ev.arch.mlp_hidden} MLP"}
+    return {
+        "macs_ratio": estimate_cost(cfg, ev.arch).macs / ev.dense_cost.macs,
+        "val": evaluate_accuracy(model, ev.val).accuracy,
+        "test": evaluate_accuracy(model, test).accuracy,
+        "shape": f"{b.heads}/{ev.arch.num_heads} heads, {b.mlp}/{ev.arch.mlp_hidden} MLP",
+    }
 
 
-def run_search(budget: int, sampler: str, seed: int, trials: int, work: Path, more: int | None) -> dict:
+def run_search(
+    budget: int, sampler: str, seed: int, trials: int, work: Path, more: int | None
+) -> dict:
     storage = f"sqlite:///{work}/studies.db"
     name = f"{sampler}_b{budget}_s{seed}"
-    res = search(f"flops={budget}%", progress=False, sampler=sampler, seed=seed, n_trials=trials, storage=storage,
-                 study=name, artifacts=str(work / "artifacts" / name))
+    res = search(
+        f"flops={budget}%",
+        progress=False,
+        sampler=sampler,
+        seed=seed,
+        n_trials=trials,
+        storage=storage,
+        study=name,
+        artifacts=str(work / "artifacts" / name),
+    )
     dense = study_entry(res.study, "dense")
     best, final = best_trial(res.study)
-    row = {"macs_ratio": TrialRecord.of(best).macs / dense["macs"], "val": final["val_accuracy"],
-           "test": final["test_accuracy"], "best_trial": best.number,
-           "hv": hv_history(res.study, dense["macs"], budget / 100),
-           "finals": [dict(r, budget=budget, sampler=sampler, seed=seed) for r in res.finals.values()]}
+    row = {
+        "macs_ratio": TrialRecord.of(best).macs / dense["macs"],
+        "val": final["val_accuracy"],
+        "test": final["test_accuracy"],
+        "best_trial": best.number,
+        "hv": hv_history(res.study, dense["macs"], budget / 100),
+        "finals": [dict(r, budget=budget, sampler=sampler, seed=seed) for r in res.finals.values()],
+    }
     if more:
         t0 = time.perf_counter()
-        search(f"flops={budget}%", progress=False, sampler=sampler, seed=seed, n_trials=more, storage=storage,
-               study=name, run_final=False)
+        search(
+            f"flops={budget}%",
+            progress=False,
+            sampler=sampler,
+            seed=seed,
+            n_trials=more,
+            storage=storage,
+            study=name,
+            run_final=False,
+        )
         row["hv"] = hv_history(load_study(storage, name), dense["macs"], budget / 100)
         row["extra_seconds"] = time.perf_counter() - t0
     return row
@@ -149,12 +181,16 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 50,30; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, e.g. 50,30; got {text!r}"
+        ) from None
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budgets", type=_ints, default=[50, 30], help="percent of dense MACs, e.g. 50,30")
+    p.add_argument(
+        "--budgets", type=_ints, default=[50, 30], help="percent of dense MACs, e.g. 50,30"
+    )
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--random-trials", type=int, default=90)
@@ -176,10 +212,12 @@ def main() -> None:
     for seed in seeds:
         for budget in budgets:
             hv_more = a.random_trials if budget == a.hv_budget else None
-            jobs = [("uniform-l2", run_uniform, (budget, "magnitude_l2", seed)),
-                    ("uniform-taylor", run_uniform, (budget, "taylor", seed)),
-                    ("prunetune", run_search, (budget, "nsga2", seed, a.trials, a.work, None)),
-                    ("random", run_search, (budget, "random", seed, a.trials, a.work, hv_more))]
+            jobs = [
+                ("uniform-l2", run_uniform, (budget, "magnitude_l2", seed)),
+                ("uniform-taylor", run_uniform, (budget, "taylor", seed)),
+                ("prunetune", run_search, (budget, "nsga2", seed, a.trials, a.work, None)),
+                ("random", run_search, (budget, "random", seed, a.trials, a.work, hv_more)),
+            ]
             for method, fn, args in jobs:
                 if (method, budget, seed) in done:
                     continue
@@ -189,33 +227,59 @@ def main() -> None:
                 done[(method, budget, seed)] = r
                 with log.open("a") as f:
                     f.write(json.dumps(r) + "\n")
-                print(f"[{time.strftime('%H:%M:%S')}] {method:15} budget {budget}% seed {seed}: test "
-                      f"{100 * r['test']:.2f} at {r['macs_ratio']:.3f}x MACs ({r['seconds']:.0f} s)", flush=True)
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] {method:15} budget {budget}% seed {seed}: test "
+                    f"{100 * r['test']:.2f} at {r['macs_ratio']:.3f}x MACs ({r['seconds']:.0f} s)",
+                    flush=True,
+                )
     report([r for r in done.values() if r["budget"] in budgets and r["seed"] in seeds], budgets, a)
 
 
 def report(runs: list[dict], budgets: list[int], a) -> None:
     methods = ["uniform-l2", "uniform-taylor", "random", "prunetune"]
     summary = []
-    print(f"\n{'budget':>6} {'method':15} {'n':>2} {'x MACs':>7} {'val % (mean ± sd)':>18} {'test % (mean ± sd)':>19} {'s/run':>6}")
+    print(
+        f"\n{'budget':>6} {'method':15} {'n':>2} {'x MACs':>7} {'val % (mean ± sd)':>18} "
+        f"{'test % (mean ± sd)':>19} {'s/run':>6}"
+    )
     for budget in budgets:
         for m in methods:
             rs = [r for r in runs if r["budget"] == budget and r["method"] == m]
             if not rs:
                 continue
-            row = {"budget": budget, "method": m, "n": len(rs),
-                   "macs_ratio": statistics.mean(r["macs_ratio"] for r in rs),
-                   "val_mean": statistics.mean(r["val"] for r in rs), "test_mean": statistics.mean(r["test"] for r in rs),
-                   "test_sd": statistics.stdev([r["test"] for r in rs]) if len(rs) > 1 else 0.0,
-                   "seconds": statistics.mean(r["seconds"] for r in rs)}
+            row = {
+                "budget": budget,
+                "method": m,
+                "n": len(rs),
+                "macs_ratio": statistics.mean(r["macs_ratio"] for r in rs),
+                "val_mean": statistics.mean(r["val"] for r in rs),
+                "test_mean": statistics.mean(r["test"] for r in rs),
+                "test_sd": statistics.stdev([r["test"] for r in rs]) if len(rs) > 1 else 0.0,
+                "seconds": statistics.mean(r["seconds"] for r in rs),
+            }
             summary.append(row)
-            print(f"{budget:5}% {m:15} {len(rs):2} {row['macs_ratio']:7.3f} {_ms([r['val'] for r in rs]):>18} "
-                  f"{_ms([r['test'] for r in rs]):>19} {row['seconds']:6.0f}")
+            print(
+                f"{budget:5}% {m:15} {len(rs):2} {row['macs_ratio']:7.3f} "
+                f"{_ms([r['val'] for r in rs]):>18} "
+                f"{_ms([r['test'] for r in rs]):>19} {row['seconds']:6.0f}"
+            )
     targets = {}
     for budget in budgets:
         pt = [r["test"] for r in runs if r["budget"] == budget and r["method"] == "prunetune"]
-        uni = [max(r["test"] for r in runs if r["budget"] == budget and r["seed"] == s and r["method"].startswith("uniform"))
-               for s in sorted({r["seed"] for r in runs if r["budget"] == budget and r["method"].startswith("uniform")})]
+        uni = [
+            max(
+                r["test"]
+                for r in runs
+                if r["budget"] == budget and r["seed"] == s and r["method"].startswith("uniform")
+            )
+            for s in sorted(
+                {
+                    r["seed"]
+                    for r in runs
+                    if r["budget"] == budget and r["method"].startswith("uniform")
+                }
+            )
+        ]
         if pt and uni:
             margin = 100 * (statistics.mean(pt) - statistics.mean(uni))
             targets[f"prunetune_minus_best_uniform_points_{budget}"] = round(margin, 2)
@@ -223,13 +287,25 @@ def report(runs: list[dict], budgets: list[int], a) -> None:
     for m in ("prunetune", "random"):
         hs = [r["hv"] for r in runs if r["budget"] == a.hv_budget and r["method"] == m]
         if hs:
-            hv[m] = {"at_trials": {n: statistics.mean(h[n - 1] for h in hs if len(h) >= n)
-                                   for n in (10, a.trials, a.random_trials) if any(len(h) >= n for h in hs)},
-                     "per_seed": [h[-1] for h in hs], "history_mean": [statistics.mean(h[i] for h in hs)
-                                                                     for i in range(min(map(len, hs)))]}
-    print(f"\nhypervolume at {a.hv_budget}% (tier-b accuracy x MACs fraction, ref (0.1, {a.hv_budget / 100})), mean over seeds:")
+            hv[m] = {
+                "at_trials": {
+                    n: statistics.mean(h[n - 1] for h in hs if len(h) >= n)
+                    for n in (10, a.trials, a.random_trials)
+                    if any(len(h) >= n for h in hs)
+                },
+                "per_seed": [h[-1] for h in hs],
+                "history_mean": [
+                    statistics.mean(h[i] for h in hs) for i in range(min(map(len, hs)))
+                ],
+            }
+    print(
+        f"\nhypervolume at {a.hv_budget}% (tier-b accuracy x MACs fraction, ref (0.1, "
+        f"{a.hv_budget / 100})), mean over seeds:"
+    )
     for m, h in hv.items():
-        print(f"  {m:10} " + ", ".join(f"after {n} trials {v:.4f}" for n, v in h["at_trials"].items()))
+        print(
+            f"  {m:10} " + ", ".join(f"after {n} trials {v:.4f}" for n, v in h["at_trials"].items())
+        )
     if "prunetune" in hv and "random" in hv:
         p30 = hv["prunetune"]["at_trials"].get(a.trials)
         r90 = hv["random"]["at_trials"].get(a.random_trials)
@@ -247,24 +323,46 @@ def report(runs: list[dict], budgets: list[int], a) -> None:
         for budget in budgets:
             fb = [f for f in finals if f["budget"] == budget]
             if len(fb) >= 3:
-                proxy[f"tier_b_at_{budget}"] = dict(zip(("tau", "p"), _kendall([f["tiers"]["b"] for f in fb],
-                                                                                [f["val_accuracy"] for f in fb])))
-                proxy[f"tier_a_at_{budget}"] = dict(zip(("tau", "p"), _kendall([f["tiers"]["a"] for f in fb],
-                                                                                [f["val_accuracy"] for f in fb])))
+                proxy[f"tier_b_at_{budget}"] = dict(
+                    zip(
+                        ("tau", "p"),
+                        _kendall([f["tiers"]["b"] for f in fb], [f["val_accuracy"] for f in fb]),
+                    )
+                )
+                proxy[f"tier_a_at_{budget}"] = dict(
+                    zip(
+                        ("tau", "p"),
+                        _kendall([f["tiers"]["a"] for f in fb], [f["val_accuracy"] for f in fb]),
+                    )
+                )
         proxy["n"] = len(finals)
-        print(f"\nproxy fidelity over {len(finals)} fine-tuned configurations (Kendall tau vs final val accuracy):")
+        print(
+            f"\nproxy fidelity over {len(finals)} fine-tuned configurations (Kendall tau vs final "
+            f"val accuracy):"
+        )
         for k, v in proxy.items():
             if k != "n":
                 print(f"  {k:14} tau {v['tau']:+.3f}  (p {v['p']:.3g})")
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "baselines.json").write_text(json.dumps({"summary": summary, "targets": targets, "hypervolume": hv,
-                                                       "runs": [{k: v for k, v in r.items() if k not in ("hv", "finals")}
-                                                                for r in runs]}, indent=2) + "\n")
+    (a.out / "baselines.json").write_text(
+        json.dumps(
+            {
+                "summary": summary,
+                "targets": targets,
+                "hypervolume": hv,
+                "runs": [{k: v for k, v in r.items() if k not in ("hv", "finals")} for r in runs],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     with (a.out / "baselines.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
         w.writeheader()
         w.writerows(summary)
-    (a.out / "proxy_fidelity.json").write_text(json.dumps({"kendall": proxy, "configs": finals}, indent=2) + "\n")
+    (a.out / "proxy_fidelity.json").write_text(
+        json.dumps({"kendall": proxy, "configs": finals}, indent=2) + "\n"
+    )
     _plot(summary, hv, a)
 
 
@@ -277,8 +375,14 @@ def _plot(summary: list[dict], hv: dict, a) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for m, mk in zip(["uniform-l2", "uniform-taylor", "random", "prunetune"], "sDv*"):
         rows = [r for r in summary if r["method"] == m]
-        ax1.errorbar([r["macs_ratio"] for r in rows], [100 * r["test_mean"] for r in rows],
-                     yerr=[100 * r["test_sd"] for r in rows], fmt=mk, capsize=3, label=m)
+        ax1.errorbar(
+            [r["macs_ratio"] for r in rows],
+            [100 * r["test_mean"] for r in rows],
+            yerr=[100 * r["test_sd"] for r in rows],
+            fmt=mk,
+            capsize=3,
+            label=m,
+        )
     ax1.set_xlabel("MACs / dense MACs")
     ax1.set_ylabel("test accuracy % (mean ± sd over seeds)")
     ax1.set_title("digits_vit, same recovery fine-tune")

@@ -43,12 +43,17 @@ from prunetune import (
 from prunetune.models import ViTArch
 from prunetune.spaces import build_space
 
-MODELS = {"digits_vit": ModelSpec("digits_vit"), "deit_small_224": ModelSpec("deit_small_patch16_224")}
+MODELS = {
+    "digits_vit": ModelSpec("digits_vit"),
+    "deit_small_224": ModelSpec("deit_small_patch16_224"),
+}
 
 
 def random_configs(spec: ModelSpec, n: int, seed: int) -> list[PruningConfig]:
     space = build_space(spec, "hybrid")
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed)
+    )
     out = []
     while len(out) < n:
         trial = study.ask()
@@ -77,10 +82,15 @@ def shipped_flop_counter(model, shape) -> int:
 def ptflops_macs(model, shape, backend: str) -> int:
     from ptflops import get_model_complexity_info
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
-        macs, _ = get_model_complexity_info(model, tuple(shape), as_strings=False, print_per_layer_stat=False,
-                                            backend=backend)
+        macs, _ = get_model_complexity_info(
+            model, tuple(shape), as_strings=False, print_per_layer_stat=False, backend=backend
+        )
     return int(macs)
 
 
@@ -114,8 +124,13 @@ def macs_truth(name: str, n: int, seed: int) -> list[dict]:
     for i, cfg in enumerate(random_configs(spec, n, seed)):
         model = prune(base, cfg).eval()
         cost = estimate_cost(cfg, arch)
-        row = {"model": name, "config": i, "token_mode": cfg.token_mode,
-               "analytic": cost.macs, "attention": attention_macs(cost, arch)}
+        row = {
+            "model": name,
+            "config": i,
+            "token_mode": cfg.token_mode,
+            "analytic": cost.macs,
+            "attention": attention_macs(cost, arch),
+        }
         for cname, fn in COUNTERS.items():
             row[cname] = fn(model, shape)
         rows.append(row)
@@ -130,15 +145,26 @@ def _gap_summary(rows: list[dict]) -> list[dict]:
             out.append({"counter": cname, "n": 0})
             continue
         rel = [(r[cname] - r["analytic"]) / r["analytic"] for r in vals]
-        out.append({
-            "counter": cname, "n": len(vals), "exact": sum(r[cname] == r["analytic"] for r in vals),
-            "mean_rel_gap": statistics.mean(rel), "min_rel_gap": min(rel), "max_rel_gap": max(rel),
-            # the shortfall left once the attention matmuls are added back (0: the gap is exactly them)
-            "gap_is_attention": sum(r["analytic"] - r[cname] == r["attention"] for r in vals),
-            "mean_rel_gap_without_attention": statistics.mean(
-                (r[cname] + r["attention"] - r["analytic"]) / r["analytic"] for r in vals
-                if r[cname] != r["analytic"]) if any(r[cname] != r["analytic"] for r in vals) else 0.0,
-        })
+        out.append(
+            {
+                "counter": cname,
+                "n": len(vals),
+                "exact": sum(r[cname] == r["analytic"] for r in vals),
+                "mean_rel_gap": statistics.mean(rel),
+                "min_rel_gap": min(rel),
+                "max_rel_gap": max(rel),
+                # the shortfall left once the attention matmuls are added back (0: the gap is
+                # exactly them)
+                "gap_is_attention": sum(r["analytic"] - r[cname] == r["attention"] for r in vals),
+                "mean_rel_gap_without_attention": statistics.mean(
+                    (r[cname] + r["attention"] - r["analytic"]) / r["analytic"]
+                    for r in vals
+                    if r[cname] != r["analytic"]
+                )
+                if any(r[cname] != r["analytic"] for r in vals)
+                else 0.0,
+            }
+        )
     return out
 
 
@@ -148,13 +174,22 @@ def latency_configs(spec: ModelSpec) -> dict[str, PruningConfig]:
     uni = PruningConfig.uniform
     tok = [BlockConfig() for _ in range(d)]
     tok[d // 4] = BlockConfig(token_keep=0.5)
-    hybrid = [BlockConfig(heads=a.num_heads // 2, mlp=a.mlp_hidden // 2, keep=i < d - d // 4,
-                          token_keep=0.7 if i == d // 4 else 1.0) for i in range(d)]
+    hybrid = [
+        BlockConfig(
+            heads=a.num_heads // 2,
+            mlp=a.mlp_hidden // 2,
+            keep=i < d - d // 4,
+            token_keep=0.7 if i == d // 4 else 1.0,
+        )
+        for i in range(d)
+    ]
     return {
         "dense": PruningConfig.dense(spec),
         "heads 1/2": uni(spec, 0.5, 1.0),
         "MLP 1/2": uni(spec, 1.0, 0.5),
-        "MLP 1/2 - 1 (odd)": PruningConfig(spec, tuple(BlockConfig(mlp=a.mlp_hidden // 2 - 1) for _ in range(d))),
+        "MLP 1/2 - 1 (odd)": PruningConfig(
+            spec, tuple(BlockConfig(mlp=a.mlp_hidden // 2 - 1) for _ in range(d))
+        ),
         "depth 1/2": PruningConfig(spec, tuple(BlockConfig(keep=i < d // 2) for i in range(d))),
         "tokens 1/2 from d/4 (attentive)": PruningConfig(spec, tuple(tok), token_mode="attentive"),
         "tokens 1/2 from d/4 (merge)": PruningConfig(spec, tuple(tok), token_mode="merge"),
@@ -179,16 +214,28 @@ def latency_truth(name: str, batch: int, repeats: int, rounds: int, threads: int
         b = next(b for b in cost.blocks if b.kept)
         friendly = all(x % 64 == 0 for x in (b.heads * arch.head_dim, b.mlp, arch.embed_dim))
         speed, red = d_ms / ms, d_macs / cost.macs
-        rows.append({"model": name, "batch": batch, "pruning": k, "ms": round(ms, 3),
-                     "ms_spread": round(max(times[k]) - min(times[k]), 3), "speedup": round(speed, 3),
-                     "macs_reduction": round(red, 3), "ratio": round(speed / red, 3), "dims_x64": friendly,
-                     "meets_0.8": k == "dense" or speed / red >= 0.8})
+        rows.append(
+            {
+                "model": name,
+                "batch": batch,
+                "pruning": k,
+                "ms": round(ms, 3),
+                "ms_spread": round(max(times[k]) - min(times[k]), 3),
+                "speedup": round(speed, 3),
+                "macs_reduction": round(red, 3),
+                "ratio": round(speed / red, 3),
+                "dims_x64": friendly,
+                "meets_0.8": k == "dense" or speed / red >= 0.8,
+            }
+        )
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", type=int, default=50, help="random configurations per model for part 1")
+    p.add_argument(
+        "--configs", type=int, default=50, help="random configurations per model for part 1"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-small", type=int, default=64, help="batch size for digits_vit latency")
     p.add_argument("--batch-large", type=int, default=16, help="batch size for deit_small latency")
@@ -201,11 +248,16 @@ def main() -> None:
     torch.manual_seed(a.seed)
     macs_rows, summary = [], {}
     for name in MODELS:
-        rows = macs_truth(name, a.configs if name == "digits_vit" else max(5, a.configs // 5), a.seed)
+        rows = macs_truth(
+            name, a.configs if name == "digits_vit" else max(5, a.configs // 5), a.seed
+        )
         macs_rows += rows
         summary[name] = _gap_summary(rows)
     print("Part 1: measured count vs analytic estimate_cost over random hybrid configurations")
-    hdr = f"{'model':15} {'counter':26} {'n':>3} {'exact':>5} {'mean gap':>9} {'min':>8} {'max':>8} {'gap=attn':>8} {'rest':>7}"
+    hdr = (
+        f"{'model':15} {'counter':26} {'n':>3} {'exact':>5} {'mean gap':>9} {'min':>8} {'max':>8} "
+        f"{'gap=attn':>8} {'rest':>7}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for name, rows in summary.items():
@@ -213,24 +265,42 @@ def main() -> None:
             if not r["n"]:
                 print(f"{name:15} {r['counter']:26}   not installed")
                 continue
-            print(f"{name:15} {r['counter']:26} {r['n']:3} {r['exact']:5} {100 * r['mean_rel_gap']:8.2f}% "
-                  f"{100 * r['min_rel_gap']:7.2f}% {100 * r['max_rel_gap']:7.2f}% {r['gap_is_attention']:8} "
-                  f"{100 * r['mean_rel_gap_without_attention']:6.2f}%")
+            print(
+                f"{name:15} {r['counter']:26} {r['n']:3} {r['exact']:5} "
+                f"{100 * r['mean_rel_gap']:8.2f}% "
+                f"{100 * r['min_rel_gap']:7.2f}% {100 * r['max_rel_gap']:7.2f}% "
+                f"{r['gap_is_attention']:8} "
+                f"{100 * r['mean_rel_gap_without_attention']:6.2f}%"
+            )
     lat_rows = []
     for name, batch in (("digits_vit", a.batch_small), ("deit_small_224", a.batch_large)):
         lat_rows += latency_truth(name, batch, a.repeats, a.rounds, a.threads)
-    print(f"\nPart 2: latency speedup vs MACs reduction ({a.threads} threads, median of {a.rounds} interleaved passes)")
-    hdr = f"{'model':15} {'batch':>5} {'pruning':32} {'ms':>9} {'speedup':>8} {'MACs red.':>9} {'ratio':>6} {'x64':>4} {'>=0.8':>5}"
+    print(
+        f"\nPart 2: latency speedup vs MACs reduction ({a.threads} threads, median of {a.rounds} "
+        f"interleaved passes)"
+    )
+    hdr = (
+        f"{'model':15} {'batch':>5} {'pruning':32} {'ms':>9} {'speedup':>8} {'MACs red.':>9} "
+        f"{'ratio':>6} {'x64':>4} {'>=0.8':>5}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in lat_rows:
-        print(f"{r['model']:15} {r['batch']:5} {r['pruning']:32} {r['ms']:9.2f} {r['speedup']:8.3f} "
-              f"{r['macs_reduction']:9.3f} {r['ratio']:6.3f} {'yes' if r['dims_x64'] else 'no':>4} "
-              f"{'yes' if r['meets_0.8'] else 'NO':>5}")
+        print(
+            f"{r['model']:15} {r['batch']:5} {r['pruning']:32} {r['ms']:9.2f} {r['speedup']:8.3f} "
+            f"{r['macs_reduction']:9.3f} {r['ratio']:6.3f} {'yes' if r['dims_x64'] else 'no':>4} "
+            f"{'yes' if r['meets_0.8'] else 'NO':>5}"
+        )
     a.out.mkdir(parents=True, exist_ok=True)
-    meta = {"threads": a.threads, "repeats": a.repeats, "rounds": a.rounds, "torch": torch.__version__}
-    (a.out / "cost_truth.json").write_text(json.dumps({"meta": meta, "macs_summary": summary, "latency": lat_rows},
-                                                      indent=2) + "\n")
+    meta = {
+        "threads": a.threads,
+        "repeats": a.repeats,
+        "rounds": a.rounds,
+        "torch": torch.__version__,
+    }
+    (a.out / "cost_truth.json").write_text(
+        json.dumps({"meta": meta, "macs_summary": summary, "latency": lat_rows}, indent=2) + "\n"
+    )
     for fname, rows in (("cost_truth_macs.csv", macs_rows), ("cost_truth_latency.csv", lat_rows)):
         with (a.out / fname).open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -257,7 +327,9 @@ def _plot(macs_rows: list[dict], lat_rows: list[dict], out: Path) -> None:
     ax1.legend(fontsize=7)
     for name, mk in (("digits_vit", "o"), ("deit_small_224", "s")):
         rs = [r for r in lat_rows if r["model"] == name and r["pruning"] != "dense"]
-        ax2.scatter([r["macs_reduction"] for r in rs], [r["speedup"] for r in rs], marker=mk, label=name)
+        ax2.scatter(
+            [r["macs_reduction"] for r in rs], [r["speedup"] for r in rs], marker=mk, label=name
+        )
     hi = max(r["macs_reduction"] for r in lat_rows) * 1.05
     ax2.plot([1, hi], [1, hi], "k--", lw=0.8, label="speedup = MACs reduction")
     ax2.plot([1, hi], [0.8, 0.8 * hi], "k:", lw=0.8, label="0.8 x")

@@ -28,7 +28,9 @@ def candidate_ms(spec: ModelSpec, n: int) -> list[float]:
     space = build_space(spec, "hybrid")
     arch = ViTArch.from_spec(spec)
     budget = parse_budget("flops=50%").resolve(estimate_cost(PruningConfig.dense(spec), arch).macs)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.NSGAIISampler(seed=0))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.NSGAIISampler(seed=0)
+    )
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -63,15 +65,31 @@ def main() -> None:
     rows = []
     for name in ("digits_vit", "deit_small_patch16_224"):
         ms = candidate_ms(ModelSpec(name), a.candidates)
-        rows.append({"what": f"sample+repair+cost ({name})", "median": statistics.median(ms),
-                     "p90": statistics.quantiles(ms, n=10)[-1], "unit": "ms", "target": 5.0})
+        rows.append(
+            {
+                "what": f"sample+repair+cost ({name})",
+                "median": statistics.median(ms),
+                "p90": statistics.quantiles(ms, n=10)[-1],
+                "unit": "ms",
+                "target": 5.0,
+            }
+        )
     s = build_prune_s(ModelSpec("deit_small_patch16_224"), a.repeats)
-    rows.append({"what": "build+prune deit_small (random init, magnitude)", "median": statistics.median(s),
-                 "p90": max(s), "unit": "s", "target": 1.0})
+    rows.append(
+        {
+            "what": "build+prune deit_small (random init, magnitude)",
+            "median": statistics.median(s),
+            "p90": max(s),
+            "unit": "s",
+            "target": 1.0,
+        }
+    )
     print(f"{'what':52} {'median':>9} {'p90/max':>9} {'target':>8}  met")
     for r in rows:
-        print(f"{r['what']:52} {r['median']:9.3f} {r['p90']:9.3f} {r['target']:8.1f}  "
-              f"{'yes' if r['median'] < r['target'] else 'NO'}  ({r['unit']})")
+        print(
+            f"{r['what']:52} {r['median']:9.3f} {r['p90']:9.3f} {r['target']:8.1f}  "
+            f"{'yes' if r['median'] < r['target'] else 'NO'}  ({r['unit']})"
+        )
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "engine_overhead.json").write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -44,18 +44,29 @@ def main() -> None:
         dense = study_entry(res.study, "dense")
         final = res.finals.get(res.best_trial.number, {})
     row = {
-        "budget": a.budget, "seconds": round(seconds, 1), "trials": len(res.study.trials),
-        "best_trial": res.best_trial.number, "best_macs_ratio": round(TrialRecord.of(res.best_trial).macs / dense["macs"], 4),
-        "dense_val": dense["val_accuracy"], "best_val": final.get("val_accuracy"),
-        "dense_test": dense_test, "best_test": best_test,
+        "budget": a.budget,
+        "seconds": round(seconds, 1),
+        "trials": len(res.study.trials),
+        "best_trial": res.best_trial.number,
+        "best_macs_ratio": round(TrialRecord.of(res.best_trial).macs / dense["macs"], 4),
+        "dense_val": dense["val_accuracy"],
+        "best_val": final.get("val_accuracy"),
+        "dense_test": dense_test,
+        "best_test": best_test,
         "test_drop_points": round(100 * (dense_test - best_test), 2),
-        "meets_time": seconds < 600, "meets_accuracy": 100 * (dense_test - best_test) <= 2.0,
+        "meets_time": seconds < 600,
+        "meets_accuracy": 100 * (dense_test - best_test) <= 2.0,
         "kendall_tau": study_entry(res.study, "proxy_kendall_tau"),
     }
-    print(f"{'budget':10} {'time':>8} {'x MACs':>7} {'dense test %':>12} {'best test %':>11} {'drop':>6}  targets")
-    print(f"{a.budget:10} {seconds:7.0f}s {row['best_macs_ratio']:7.3f} {100 * dense_test:12.2f} "
-          f"{100 * best_test:11.2f} {row['test_drop_points']:6.2f}  time<600s: {row['meets_time']}, "
-          f"drop<=2: {row['meets_accuracy']}")
+    print(
+        f"{'budget':10} {'time':>8} {'x MACs':>7} {'dense test %':>12} {'best test %':>11} "
+        f"{'drop':>6}  targets"
+    )
+    print(
+        f"{a.budget:10} {seconds:7.0f}s {row['best_macs_ratio']:7.3f} {100 * dense_test:12.2f} "
+        f"{100 * best_test:11.2f} {row['test_drop_points']:6.2f}  time<600s: {row['meets_time']}, "
+        f"drop<=2: {row['meets_accuracy']}"
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "search_default.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
 

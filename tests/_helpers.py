@@ -20,11 +20,31 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 #: Settings of every in-process search: a few trials, a few tier-b steps, a short Pareto stage.
-TINY = {"n_trials": 3, "tiers": default_tiers(steps=5), "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
-        "front_max": 2, "device": "cpu"}
+TINY = {
+    "n_trials": 3,
+    "tiers": default_tiers(steps=5),
+    "calib_samples": 64,
+    "batch_size": 16,
+    "final_epochs": 0.1,
+    "front_max": 2,
+    "device": "cpu",
+}
 #: The same for ``prunetune search`` (its identity settings match TINY, so studies can be shared).
-TINY_CLI = ["--tier-b-steps", "5", "--calib-samples", "64", "--batch-size", "16", "--final-epochs", "0.1",
-            "--front-max", "2", "--device", "cpu", "--quiet"]
+TINY_CLI = [
+    "--tier-b-steps",
+    "5",
+    "--calib-samples",
+    "64",
+    "--batch-size",
+    "16",
+    "--final-epochs",
+    "0.1",
+    "--front-max",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def run(argv, capsys):
@@ -66,7 +86,9 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             err = proc.stderr.read() if proc.stderr else ""
-            pytest.fail(f"process exited ({proc.returncode}) while waiting for {what}: {err[-2000:]}")
+            pytest.fail(
+                f"process exited ({proc.returncode}) while waiting for {what}: {err[-2000:]}"
+            )
         value = predicate()
         if value:
             return value

@@ -20,7 +20,6 @@ import sqlite3
 import subprocess
 import sys
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -405,7 +404,11 @@ CASES = [
     case("search-n-trials-0", f"{Q} --n-trials 0", "--n-trials", "integer >= 1"),
     case("search-workers-no-ray", f"{Q} --workers 2", "--workers needs --backend ray"),
     case("search-address-no-ray", f"{Q} --address 127.0.0.1:1", "--address needs --backend ray"),
-    case("search-ray-unreachable", f"{Q} --backend ray --address 127.0.0.1:1", "cannot connect to the Ray cluster"),
+    case(
+        "search-ray-unreachable",
+        f"{Q} --backend ray --address 127.0.0.1:1",
+        "cannot connect to the Ray cluster",
+    ),
     case("search-ray-bad-address", f"{Q} --backend ray --address nohost", "is not host:port"),
     case("search-grace-short", f"{Q} --grace-period 5", "--grace-period", "integer >= 6"),
     case("export-untuned-missing-db", "export --untuned --out x", "prunetune.db"),
@@ -593,7 +596,8 @@ CASES = [
     case(
         "data-dense-near-chance",
         f"{S} --data {{in}}/imgs_chance",
-        "within 5 points of chance", "--skip-dense-check",
+        "within 5 points of chance",
+        "--skip-dense-check",
     ),
     case(
         "data-truncated-image",

@@ -42,8 +42,20 @@ def test_info_dense_and_config(capsys):
 
 def test_prune_default_writes_model_and_table(tmp_path, capsys):
     out_dir = tmp_path / "half"
-    code, out, err = run(["prune", "--config", str(EXAMPLE), "--out", str(out_dir), "--device", "cpu",
-                          "--latency-batch", "16"], capsys)
+    code, out, err = run(
+        [
+            "prune",
+            "--config",
+            str(EXAMPLE),
+            "--out",
+            str(out_dir),
+            "--device",
+            "cpu",
+            "--latency-batch",
+            "16",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "dense" in out and "pruned" in out and "val acc %" in out
     report = json.loads((out_dir / "report.json").read_text())
@@ -60,7 +72,9 @@ def test_prune_default_writes_model_and_table(tmp_path, capsys):
 
 
 def test_saliency_table(capsys):
-    code, out, _ = run(["saliency", "--criterion", "fisher", "--calib-samples", "32", "--device", "cpu"], capsys)
+    code, out, _ = run(
+        ["saliency", "--criterion", "fisher", "--calib-samples", "32", "--device", "cpu"], capsys
+    )
     assert code == 0
     assert "criterion fisher on 32 calibration images" in out
     assert len([ln for ln in out.splitlines() if ln[:1].isdigit()]) == 6
@@ -78,19 +92,64 @@ def bad_inputs(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("argv,needles", [
-    (["info", "--model", "resnet50"], ["resnet50", "not supported"]),
-    (["info", "--model", "vit_nonexistent_patch99"], ["unknown timm model"]),
-    (["prune", "--config", "{d}/bad.json", "--out", "{d}/o"], ["malformed JSON"]),
-    (["prune", "--config", "{d}/missing.json", "--out", "{d}/o"], ["does not exist"]),
-    (["prune", "--config", "{d}/toomany.json", "--out", "{d}/o"], ["heads <= num_heads", "block 0"]),
-    (["prune", "--config", str(EXAMPLE), "--out", "{d}/o", "--checkpoint", "{d}/nope.safetensors"], ["does not exist"]),
-    (["prune", "--config", str(EXAMPLE), "--out", "{d}/o", "--checkpoint", "{d}/corrupt.safetensors"], ["could not be read"]),
-    (["prune", "--config", str(EXAMPLE), "--out", "{d}/o", "--data", "{d}/empty"], ["no images"]),
-    (["prune", "--config", str(EXAMPLE), "--out", "{d}/o", "--data", "{d}/nodir/"], ["does not exist"]),
-    (["prune", "--config", str(EXAMPLE), "--out", "{d}/o", "--model", "deit_tiny_patch16_224"], ["made for model digits_vit"]),
-    (["saliency", "--criterion", "hessain"], ["unknown criterion 'hessain'"]),
-])
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["info", "--model", "resnet50"], ["resnet50", "not supported"]),
+        (["info", "--model", "vit_nonexistent_patch99"], ["unknown timm model"]),
+        (["prune", "--config", "{d}/bad.json", "--out", "{d}/o"], ["malformed JSON"]),
+        (["prune", "--config", "{d}/missing.json", "--out", "{d}/o"], ["does not exist"]),
+        (
+            ["prune", "--config", "{d}/toomany.json", "--out", "{d}/o"],
+            ["heads <= num_heads", "block 0"],
+        ),
+        (
+            [
+                "prune",
+                "--config",
+                str(EXAMPLE),
+                "--out",
+                "{d}/o",
+                "--checkpoint",
+                "{d}/nope.safetensors",
+            ],
+            ["does not exist"],
+        ),
+        (
+            [
+                "prune",
+                "--config",
+                str(EXAMPLE),
+                "--out",
+                "{d}/o",
+                "--checkpoint",
+                "{d}/corrupt.safetensors",
+            ],
+            ["could not be read"],
+        ),
+        (
+            ["prune", "--config", str(EXAMPLE), "--out", "{d}/o", "--data", "{d}/empty"],
+            ["no images"],
+        ),
+        (
+            ["prune", "--config", str(EXAMPLE), "--out", "{d}/o", "--data", "{d}/nodir/"],
+            ["does not exist"],
+        ),
+        (
+            [
+                "prune",
+                "--config",
+                str(EXAMPLE),
+                "--out",
+                "{d}/o",
+                "--model",
+                "deit_tiny_patch16_224",
+            ],
+            ["made for model digits_vit"],
+        ),
+        (["saliency", "--criterion", "hessain"], ["unknown criterion 'hessain'"]),
+    ],
+)
 def test_bad_input_one_line_exit_2_nothing_written(bad_inputs, argv, needles, capsys):
     argv = [a.format(d=bad_inputs) for a in argv]
     code, _, err = run(argv, capsys)
@@ -101,8 +160,11 @@ def test_bad_input_one_line_exit_2_nothing_written(bad_inputs, argv, needles, ca
 
 def test_entry_point_exit_code(tmp_path):
     exe = Path(sys.executable).with_name("prunetune")
-    r = subprocess.run([str(exe), "prune", "--config", str(tmp_path / "x.json"), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [str(exe), "prune", "--config", str(tmp_path / "x.json"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
     r = subprocess.run([str(exe), "prune"], capture_output=True, text=True)
     assert r.returncode == 2  # argparse usage error
@@ -124,8 +186,17 @@ def _write_images(root: Path, classes: int, per_class: int, size: int) -> None:
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 def test_user_model_checkpoint_and_imagefolder(tmp_path, capsys, fmt):
     """Real-use path: a local model file, a local checkpoint and an ImageFolder directory."""
-    spec = {"name": "vit_custom", "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
-                                             "num_heads": 4, "num_classes": 3}}
+    spec = {
+        "name": "vit_custom",
+        "kwargs": {
+            "img_size": 16,
+            "patch_size": 4,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 4,
+            "num_classes": 3,
+        },
+    }
     (tmp_path / "model.json").write_text(json.dumps(spec))
     model = build_model(ModelSpec.from_obj(spec))
     ckpt = tmp_path / f"w.{fmt}"
@@ -136,13 +207,38 @@ def test_user_model_checkpoint_and_imagefolder(tmp_path, capsys, fmt):
 
         save_file(model.state_dict(), str(ckpt))
     _write_images(tmp_path / "data", classes=3, per_class=4, size=20)
-    cfg = PruningConfig(ModelSpec.from_obj(spec), PruningConfig.uniform(ModelSpec.from_obj(spec), 0.5, 0.5).blocks,
-                        criterion="taylor")
+    cfg = PruningConfig(
+        ModelSpec.from_obj(spec),
+        PruningConfig.uniform(ModelSpec.from_obj(spec), 0.5, 0.5).blocks,
+        criterion="taylor",
+    )
     cfg.save(tmp_path / "cfg.yaml")
-    code, out, err = run(["prune", "--config", str(tmp_path / "cfg.yaml"), "--model", str(tmp_path / "model.json"),
-                          "--checkpoint", str(ckpt), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
-                          "--no-latency", "--device", "cpu", "--mean", "0.5", "0.5", "0.5", "--std", "0.25",
-                          "--skip-dense-check"], capsys)  # an untrained model: near chance by design
+    code, out, err = run(
+        [
+            "prune",
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+            "--model",
+            str(tmp_path / "model.json"),
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-latency",
+            "--device",
+            "cpu",
+            "--mean",
+            "0.5",
+            "0.5",
+            "0.5",
+            "--std",
+            "0.25",
+            "--skip-dense-check",
+        ],
+        capsys,
+    )  # an untrained model: near chance by design
     assert code == 0, err
     assert "mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25) (flags)" in out
     pruned = load_pruned(tmp_path / "o")
@@ -151,18 +247,53 @@ def test_user_model_checkpoint_and_imagefolder(tmp_path, capsys, fmt):
 
 
 def test_checkpoint_mismatch_is_a_usage_error(tmp_path, capsys):
-    other = build_model(ModelSpec("vit_custom", {"img_size": 16, "patch_size": 2, "in_chans": 1, "embed_dim": 32,
-                                                 "depth": 2, "num_heads": 2, "num_classes": 10}))
+    other = build_model(
+        ModelSpec(
+            "vit_custom",
+            {
+                "img_size": 16,
+                "patch_size": 2,
+                "in_chans": 1,
+                "embed_dim": 32,
+                "depth": 2,
+                "num_heads": 2,
+                "num_classes": 10,
+            },
+        )
+    )
     torch.save(other.state_dict(), tmp_path / "other.pth")
-    code, _, err = run(["prune", "--config", str(EXAMPLE), "--out", str(tmp_path / "o"),
-                        "--checkpoint", str(tmp_path / "other.pth")], capsys)
+    code, _, err = run(
+        [
+            "prune",
+            "--config",
+            str(EXAMPLE),
+            "--out",
+            str(tmp_path / "o"),
+            "--checkpoint",
+            str(tmp_path / "other.pth"),
+        ],
+        capsys,
+    )
     assert_usage_error(code, err, "does not match the model")
     assert not (tmp_path / "o").exists()
 
 
 def test_prune_with_kd_finetune_recovers(tmp_path, capsys):
-    code, out, err = run(["prune", "--config", str(EXAMPLE), "--out", str(tmp_path / "o"), "--device", "cpu",
-                          "--no-latency", "--finetune-epochs", "1"], capsys)
+    code, out, err = run(
+        [
+            "prune",
+            "--config",
+            str(EXAMPLE),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--no-latency",
+            "--finetune-epochs",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     before, after = report["pruned"]["val_accuracy"], report["+KD 1 ep"]["val_accuracy"]
@@ -172,5 +303,7 @@ def test_prune_with_kd_finetune_recovers(tmp_path, capsys):
     from prunetune import evaluate_accuracy
     from prunetune.data import digits_splits, make_loader
 
-    acc = evaluate_accuracy(load_pruned(tmp_path / "o"), make_loader(digits_splits().val, 256)).accuracy
+    acc = evaluate_accuracy(
+        load_pruned(tmp_path / "o"), make_loader(digits_splits().val, 256)
+    ).accuracy
     assert acc == pytest.approx(after)

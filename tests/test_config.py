@@ -22,15 +22,18 @@ def test_dense_and_uniform():
     assert not u.is_identity
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"heads": 0}, "`heads >= 1` must hold"),
-    ({"heads": 2.5}, "`heads >= 1` must hold"),
-    ({"mlp": -3}, "`mlp >= 1` must hold"),
-    ({"sparsity": 1.0}, "`0 <= sparsity < 1` must hold"),
-    ({"token_keep": 0.0}, "`0 < token_keep <= 1` must hold"),
-    ({"head_threshold": 1.5}, "`0 <= head_threshold <= 1` must hold"),
-    ({"keep": "yes"}, "`keep` must be true or false"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"heads": 0}, "`heads >= 1` must hold"),
+        ({"heads": 2.5}, "`heads >= 1` must hold"),
+        ({"mlp": -3}, "`mlp >= 1` must hold"),
+        ({"sparsity": 1.0}, "`0 <= sparsity < 1` must hold"),
+        ({"token_keep": 0.0}, "`0 < token_keep <= 1` must hold"),
+        ({"head_threshold": 1.5}, "`0 <= head_threshold <= 1` must hold"),
+        ({"keep": "yes"}, "`keep` must be true or false"),
+    ],
+)
 def test_block_validation_messages(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         BlockConfig(**kw)
@@ -62,7 +65,10 @@ def test_frozen():
 def test_check_fits_messages():
     arch = ViTArch.from_spec(SPEC)
     cfg = PruningConfig.dense(SPEC).with_block(3, heads=7)
-    with pytest.raises(ConfigError, match=r"`heads <= num_heads` must hold, but got \(heads=7, num_heads=6\) in block 3"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`heads <= num_heads` must hold, but got \(heads=7, num_heads=6\) in block 3",
+    ):
         cfg.check_fits(arch)
     short = PruningConfig(SPEC, (BlockConfig(),) * 4)
     with pytest.raises(ConfigError, match=r"len\(blocks\)=4, depth=6"):
@@ -74,7 +80,11 @@ def test_check_fits_messages():
 def test_json_yaml_round_trip(tmp_path):
     cfg = PruningConfig(
         SPEC,
-        (BlockConfig(heads=3, mlp=100, sparsity=0.25), BlockConfig(keep=False), BlockConfig(token_keep=0.7))
+        (
+            BlockConfig(heads=3, mlp=100, sparsity=0.25),
+            BlockConfig(keep=False),
+            BlockConfig(token_keep=0.7),
+        )
         + (BlockConfig(heads=1),) * 3,
         criterion="fisher",
     )
@@ -86,25 +96,38 @@ def test_json_yaml_round_trip(tmp_path):
     for name in ("c.json", "c.yaml"):
         cfg.save(tmp_path / name)
         assert PruningConfig.load(tmp_path / name) == cfg
-    thr = PruningConfig(SPEC, (BlockConfig(head_threshold=0.5, mlp_threshold=0.1),) * 6, width_mode="threshold")
+    thr = PruningConfig(
+        SPEC, (BlockConfig(head_threshold=0.5, mlp_threshold=0.1),) * 6, width_mode="threshold"
+    )
     assert PruningConfig.from_json(thr.to_json()) == thr
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("{not json", "malformed JSON"),
-    ('{"model": "digits_vit"}', "missing the required key 'blocks'"),
-    ('{"model": "digits_vit", "blocks": [{}], "colour": 1}', "unknown config keys \\['colour'\\]"),
-    ('{"model": "digits_vit", "blocks": [{"heds": 2}]}', "unknown keys \\['heds'\\] in block 0"),
-    ('{"model": "digits_vit", "blocks": [{"heads": 0}]}', "in block 0"),
-    ('[1, 2]', "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("{not json", "malformed JSON"),
+        ('{"model": "digits_vit"}', "missing the required key 'blocks'"),
+        (
+            '{"model": "digits_vit", "blocks": [{}], "colour": 1}',
+            "unknown config keys \\['colour'\\]",
+        ),
+        (
+            '{"model": "digits_vit", "blocks": [{"heds": 2}]}',
+            "unknown keys \\['heds'\\] in block 0",
+        ),
+        ('{"model": "digits_vit", "blocks": [{"heads": 0}]}', "in block 0"),
+        ("[1, 2]", "must be a mapping"),
+    ],
+)
 def test_bad_json(text, msg):
     with pytest.raises(ConfigError, match=msg):
         PruningConfig.from_json(text)
 
 
 def test_threshold_resolution_keeps_at_least_one():
-    cfg = PruningConfig(SPEC, (BlockConfig(head_threshold=0.5, mlp_threshold=1.0),) * 6, width_mode="threshold")
+    cfg = PruningConfig(
+        SPEC, (BlockConfig(head_threshold=0.5, mlp_threshold=1.0),) * 6, width_mode="threshold"
+    )
     heads = [torch.tensor([1.0, 0.6, 0.5, 0.49, 0.1, 0.0])] * 6
     mlp = [torch.linspace(0, 1, 384)] * 6
     s = SaliencyScores("magnitude_l1", heads, mlp, torch.ones(6))
@@ -112,6 +135,8 @@ def test_threshold_resolution_keeps_at_least_one():
     assert r.width_mode == "count"
     assert [b.heads for b in r.blocks] == [3] * 6  # 1.0, 0.6, 0.5 are >= 0.5 of the max
     assert [b.mlp for b in r.blocks] == [1] * 6
-    zero = SaliencyScores("magnitude_l1", [torch.zeros(6)] * 6, [torch.zeros(384)] * 6, torch.ones(6))
+    zero = SaliencyScores(
+        "magnitude_l1", [torch.zeros(6)] * 6, [torch.zeros(384)] * 6, torch.ones(6)
+    )
     everything = PruningConfig(SPEC, (BlockConfig(head_threshold=1.0),) * 6, width_mode="threshold")
     assert [b.heads for b in everything.resolve(zero).blocks] == [6] * 6

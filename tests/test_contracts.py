@@ -86,13 +86,16 @@ class _Backprops:
         return group_scores(model, _block_weights(model), self.name)
 
 
-@pytest.mark.parametrize(("cls", "rule"), [
-    (_LeavesEval, "train/eval mode"),
-    (_WrongShape, "heads[1]"),
-    (_EditsWeights, "weights unchanged"),
-    (_Drifts, "same scores"),
-    (_Backprops, "no .grad"),
-])
+@pytest.mark.parametrize(
+    ("cls", "rule"),
+    [
+        (_LeavesEval, "train/eval mode"),
+        (_WrongShape, "heads[1]"),
+        (_EditsWeights, "weights unchanged"),
+        (_Drifts, "same scores"),
+        (_Backprops, "no .grad"),
+    ],
+)
 def test_saliency_contract_catches(cls, rule):
     name = f"broken_{cls.__name__.lower().strip('_')}"
     SALIENCIES.register(name)(cls)
@@ -124,10 +127,13 @@ class _AlwaysApplies:
         pass
 
 
-@pytest.mark.parametrize(("cls", "rule"), [
-    (_AddsMacs, "estimate_cost(config).macs equals measure_macs"),
-    (_AlwaysApplies, "does not apply to the dense configuration"),
-])
+@pytest.mark.parametrize(
+    ("cls", "rule"),
+    [
+        (_AddsMacs, "estimate_cost(config).macs equals measure_macs"),
+        (_AlwaysApplies, "does not apply to the dense configuration"),
+    ],
+)
 def test_pruner_contract_catches(cls, rule):
     name = f"broken_{cls.__name__.lower().strip('_')}"
     PRUNERS.register(name, order=99)(cls)

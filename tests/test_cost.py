@@ -56,7 +56,13 @@ from prunetune.pruners import get_saliency
 from prunetune.pruners._tokens import TOKEN_MODES
 
 #: Random configurations per family: 33 in all, more on the cheap families.
-N_RANDOM = {"digits_vit": 9, "vit_custom": 9, "vit_tiny": 6, "deit_tiny_distilled": 5, "deit3_small": 4}
+N_RANDOM = {
+    "digits_vit": 9,
+    "vit_custom": 9,
+    "vit_tiny": 6,
+    "deit_tiny_distilled": 5,
+    "deit3_small": 4,
+}
 REL_TOL = 0.005
 
 
@@ -65,7 +71,9 @@ def random_config(spec: ModelSpec, rng: random.Random) -> PruningConfig:
     arch = ViTArch.from_spec(spec)
     keep = [rng.random() < 0.8 for _ in range(arch.depth)]
     keep[rng.randrange(arch.depth)] = True
-    modes = TOKEN_MODES if arch.num_prefix_tokens else ("merge", "learned")  # attentive needs a class token
+    modes = (
+        TOKEN_MODES if arch.num_prefix_tokens else ("merge", "learned")
+    )  # attentive needs a class token
     mode = rng.choice(modes) if rng.random() < 0.5 else modes[0]
     reduce_tokens = mode != modes[0] or rng.random() < 0.5
     first = keep.index(True)
@@ -74,13 +82,15 @@ def random_config(spec: ModelSpec, rng: random.Random) -> PruningConfig:
         token_keep = 1.0
         if reduce_tokens and k and (i > first or mode == "learned") and rng.random() < 0.4:
             token_keep = round(rng.uniform(0.3, 0.95), 2)
-        blocks.append(BlockConfig(
-            keep=k,
-            heads=rng.choice([None, rng.randint(1, arch.num_heads)]),
-            mlp=rng.choice([None, rng.randint(1, arch.mlp_hidden)]),
-            sparsity=rng.choice([0.0, round(rng.uniform(0.05, 0.9), 3)]),
-            token_keep=token_keep,
-        ))
+        blocks.append(
+            BlockConfig(
+                keep=k,
+                heads=rng.choice([None, rng.randint(1, arch.num_heads)]),
+                mlp=rng.choice([None, rng.randint(1, arch.mlp_hidden)]),
+                sparsity=rng.choice([0.0, round(rng.uniform(0.05, 0.9), 3)]),
+                token_keep=token_keep,
+            )
+        )
     return PruningConfig(spec, tuple(blocks), token_mode=mode)
 
 
@@ -149,7 +159,9 @@ def _set_fused(model, fused: bool) -> None:
 
 def test_vit_tiny_dense_macs(vit_tiny):
     est = estimate_cost(PruningConfig.dense(VIT_TINY))
-    by_hand = PATCHES * D * 3 * 16 + DEPTH * (N * (4 * D * D + 2 * D * M)) + ATTN_MATMULS + D * CLASSES
+    by_hand = (
+        PATCHES * D * 3 * 16 + DEPTH * (N * (4 * D * D + 2 * D * M)) + ATTN_MATMULS + D * CLASSES
+    )
     assert est.macs == by_hand == 365_107_584
     assert est.macs == pytest.approx(365.1e6, abs=0.05e6)
     assert est.params == count_params(vit_tiny)[0] == 5_362_762
@@ -170,7 +182,12 @@ def test_flop_counter_without_sdpa_formula_misses_exactly_the_attention_term(vit
 
 def _ptflops(model, backend: str) -> int:
     macs, params = ptflops.get_model_complexity_info(
-        model, (3, 32, 32), backend=backend, as_strings=False, print_per_layer_stat=False, verbose=False
+        model,
+        (3, 32, 32),
+        backend=backend,
+        as_strings=False,
+        print_per_layer_stat=False,
+        verbose=False,
     )
     assert macs is not None, f"ptflops ({backend}) failed"
     assert params == 5_362_762
@@ -205,7 +222,9 @@ def test_ptflops_pytorch_backend(vit_tiny):
     assert gap > 5 * ATTN_MATMULS
     extras = (
         DEPTH * (N * H * HEAD_DIM + H * N * N)  # its Attention hook: q scaling and softmax
-        + DEPTH * N * (M + D) + PATCHES * D + CLASSES  # biases of fc1, fc2, patch conv, head
+        + DEPTH * N * (M + D)
+        + PATCHES * D
+        + CLASSES  # biases of fc1, fc2, patch conv, head
         + DEPTH * 2 * N * M  # GELU, counted by its module hook and again by its F.gelu patch
     )
     assert pt == pytest.approx(ours - QKV_PROJ + extras, rel=REL_TOL)
@@ -263,7 +282,7 @@ def test_arch_of_a_new_spec_is_read_on_the_meta_device(monkeypatch):
     assert len(built) == 1  # cached from then on
 
 
-# --- latency ---------------------------------------------------------------------------------------
+# --- latency ------------------------------------------------------------------------------------
 
 
 def test_measure_latency_is_sane():

@@ -24,9 +24,21 @@ from prunetune.search import load_study
 
 N_TRIALS = 4
 GRACE = 6  # seconds before a silent trial counts as dead (the shortest the heartbeat allows)
-SETTINGS = {"n_trials": N_TRIALS, "tiers": [{"proxy": "zero_shot", "keep": 0.5, "warmup": 4},
-                                                {"proxy": "short_kd", "options": {"steps": 5}}], "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
-            "front_max": 2, "device": "cpu", "seed": 0, "grace_period": GRACE, "study": "crash"}
+SETTINGS = {
+    "n_trials": N_TRIALS,
+    "tiers": [
+        {"proxy": "zero_shot", "keep": 0.5, "warmup": 4},
+        {"proxy": "short_kd", "options": {"steps": 5}},
+    ],
+    "calib_samples": 64,
+    "batch_size": 16,
+    "final_epochs": 0.1,
+    "front_max": 2,
+    "device": "cpu",
+    "seed": 0,
+    "grace_period": GRACE,
+    "study": "crash",
+}
 _SEARCH = "import json, sys, prunetune; prunetune.search(progress=False, **json.loads(sys.argv[1]))"
 
 
@@ -36,17 +48,41 @@ def _search(d: Path, fault: str | None = None) -> subprocess.CompletedProcess:
     env.pop("PRUNETUNE_FAULT", None)
     if fault:
         env["PRUNETUNE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-c", _SEARCH, json.dumps(kw)], capture_output=True, text=True,
-                          env=env, cwd=d, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", _SEARCH, json.dumps(kw)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=d,
+        timeout=600,
+    )
 
 
-def _export(d: Path, out: Path, fault: str | None = None, *extra: str) -> subprocess.CompletedProcess:
+def _export(
+    d: Path, out: Path, fault: str | None = None, *extra: str
+) -> subprocess.CompletedProcess:
     env = subprocess_env()
     env.pop("PRUNETUNE_FAULT", None)
     if fault:
         env["PRUNETUNE_FAULT"] = fault
-    return subprocess.run(cli("export", "--storage", sqlite_url(d / "s.db"), "--study", "crash", "--out", str(out),
-                              "--front", *extra), capture_output=True, text=True, env=env, cwd=d, timeout=600)
+    return subprocess.run(
+        cli(
+            "export",
+            "--storage",
+            sqlite_url(d / "s.db"),
+            "--study",
+            "crash",
+            "--out",
+            str(out),
+            "--front",
+            *extra,
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=d,
+        timeout=600,
+    )
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -66,8 +102,11 @@ def _comparable(files: dict[str, bytes]) -> dict[str, object]:
 
     def norm(name: str, data: bytes):
         if name.endswith(".safetensors"):
-            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-            tensors = {k: (str(v.dtype), tuple(v.shape), v.numpy().tobytes()) for k, v in load(data).items()}
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            tensors = {
+                k: (str(v.dtype), tuple(v.shape), v.numpy().tobytes())
+                for k, v in load(data).items()
+            }
             return header.get("__metadata__"), tensors
         if name.endswith("export.json"):
             info = json.loads(data)
@@ -93,8 +132,14 @@ def _comparable(files: dict[str, bytes]) -> dict[str, object]:
 def _finals(study) -> list[tuple[str, float]]:
     """The Pareto-stage results by candidate: (params, final val accuracy)."""
     by_number = {t.number: t for t in study.trials}
-    return sorted((json.dumps(by_number[int(k.removeprefix("final_"))].params, sort_keys=True), v["val_accuracy"])
-                  for k, v in study.user_attrs.items() if k.startswith("final_"))
+    return sorted(
+        (
+            json.dumps(by_number[int(k.removeprefix("final_"))].params, sort_keys=True),
+            v["val_accuracy"],
+        )
+        for k, v in study.user_attrs.items()
+        if k.startswith("final_")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,36 +151,54 @@ def reference(tmp_path_factory):
     exp = _export(d, d / "out")
     assert exp.returncode == 0, exp.stderr[-3000:]
     study = load_study(sqlite_url(d / "s.db"), "crash")
-    return {"dir": d, "files": _comparable(_files(d / "out")), "params": _finished_params(study),
-            "finals": _finals(study)}
+    return {
+        "dir": d,
+        "files": _comparable(_files(d / "out")),
+        "params": _finished_params(study),
+        "finals": _finals(study),
+    }
 
 
 def _finished_params(study) -> list[str]:
-    return sorted(json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False, states=DONE))
+    return sorted(
+        json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False, states=DONE)
+    )
 
 
 def _check_study(d: Path, reference: dict) -> None:
     study = load_study(sqlite_url(d / "s.db"), "crash")
     trials = study.trials
     states = Counter(t.state for t in trials)
-    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == N_TRIALS, states  # the requested total
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == N_TRIALS, (
+        states
+    )  # the requested total
     assert states[TrialState.RUNNING] == states[TrialState.WAITING] == 0, states
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))
     failed = [t.number for t in trials if t.state == TrialState.FAIL]
     retries = Counter(retried_from(t) for t in trials if retried_from(t) is not None)
-    assert sorted(retries) == failed and set(retries.values()) <= {1}  # each killed trial retried once
+    assert sorted(retries) == failed and set(retries.values()) <= {
+        1
+    }  # each killed trial retried once
     assert _finished_params(study) == reference["params"]  # none lost, none run twice
-    assert _finals(study) == reference["finals"]  # the same front members, tuned to the same accuracy
+    assert (
+        _finals(study) == reference["finals"]
+    )  # the same front members, tuned to the same accuracy
 
 
 SLOW = pytest.mark.slow  # the nightly run (`pytest -m slow`) adds these kill points
 
 
-@pytest.mark.parametrize("fault", [
-    pytest.param("study-created", marks=SLOW), pytest.param("tier-a:2", marks=SLOW), "tier-b:3", "pareto:1",
-    pytest.param("pareto:2", marks=SLOW),
-])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param("study-created", marks=SLOW),
+        pytest.param("tier-a:2", marks=SLOW),
+        "tier-b:3",
+        "pareto:1",
+        pytest.param("pareto:2", marks=SLOW),
+    ],
+)
 def test_kill_during_search_then_resume(reference, tmp_path, fault):
     killed = _search(tmp_path, fault)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

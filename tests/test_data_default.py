@@ -64,4 +64,6 @@ def test_readme_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     test_cmd = [line for line in ci.splitlines() if "pytest" in line][0]
     assert test_cmd in readme
-    assert re.search(r"prunetune search --budget flops=50% && .venv/bin/prunetune export --out runs/best", readme)
+    assert re.search(
+        r"prunetune search --budget flops=50% && .venv/bin/prunetune export --out runs/best", readme
+    )

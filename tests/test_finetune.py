@@ -12,7 +12,11 @@ def test_distillation_loss_matches_definition():
     s, t = torch.randn(8, 5), torch.randn(8, 5)
     y = torch.randint(0, 5, (8,))
     T, a = 3.0, 0.4
-    kl = (F.softmax(t / T, -1) * (F.log_softmax(t / T, -1) - F.log_softmax(s / T, -1))).sum(-1).mean()
+    kl = (
+        (F.softmax(t / T, -1) * (F.log_softmax(t / T, -1) - F.log_softmax(s / T, -1)))
+        .sum(-1)
+        .mean()
+    )
     expect = (1 - a) * F.cross_entropy(s, y) + a * T * T * kl
     assert torch.allclose(distillation_loss(s, t, y, a, T), expect, atol=1e-6)
     assert torch.allclose(distillation_loss(s, t, y, 0.0), F.cross_entropy(s, y))

@@ -9,8 +9,14 @@ from prunetune.evaluators import _latency_table
 from prunetune.evaluators._latency_table import LatencyTable
 from prunetune.search import default_tiers, load_study, search
 
-TINY = {"n_trials": 3, "tiers": default_tiers(steps=5), "calib_samples": 64, "batch_size": 16, "final_epochs": 0.1,
-        "front_max": 2}
+TINY = {
+    "n_trials": 3,
+    "tiers": default_tiers(steps=5),
+    "calib_samples": 64,
+    "batch_size": 16,
+    "final_epochs": 0.1,
+    "front_max": 2,
+}
 
 
 @pytest.fixture
@@ -25,7 +31,9 @@ def test_latency_table_is_measured_once_and_predicts(digits_base, cache, monkeyp
     assert table.error_pct is not None and math.isfinite(table.error_pct)
     assert len(list(cache.glob("*.json"))) == 1
     # cached: a second call measures nothing
-    monkeypatch.setattr(LatencyTable, "_measure", classmethod(lambda *a, **k: pytest.fail("re-measured")))
+    monkeypatch.setattr(
+        LatencyTable, "_measure", classmethod(lambda *a, **k: pytest.fail("re-measured"))
+    )
     again = LatencyTable.for_model(digits_base, batch_size=16, samples=8)
     assert again.coef == table.coef and again.error_pct == table.error_pct
     dense = PruningConfig.dense("digits_vit")
@@ -37,8 +45,15 @@ def test_latency_budget_search_respects_the_predicted_budget(digits_base, cache,
     table = LatencyTable.for_model(digits_base, batch_size=64)
     limit = 0.6 * table.predict(PruningConfig.dense("digits_vit"))
     url = f"sqlite:///{tmp_path / 's.db'}"
-    search(f"latency={limit:.3f}ms", progress=False, storage=url, study="lat", artifacts=str(tmp_path / "art"),
-           measure_latency=True, **TINY)
+    search(
+        f"latency={limit:.3f}ms",
+        progress=False,
+        storage=url,
+        study="lat",
+        artifacts=str(tmp_path / "art"),
+        measure_latency=True,
+        **TINY,
+    )
     study = load_study(url, "lat")
     assert study.user_attrs["budget"]["metric"] == "latency"
     assert study.user_attrs["latency_table"]["prediction_error_pct"] >= 0

@@ -2,7 +2,8 @@
 
 - No import cycles between prunetune's modules. Every import counts, at module level or inside a
   function (a lazy import only hides a cycle until someone moves it), except under
-  ``if TYPE_CHECKING:`` and ``if __name__ == "__main__":`` (a script entry point). Importing ``prunetune.a.b`` also runs ``prunetune/a/__init__.py``, so it
+  ``if TYPE_CHECKING:`` and ``if __name__ == "__main__":`` (a script entry point). Importing
+  ``prunetune.a.b`` also runs ``prunetune/a/__init__.py``, so it
   adds an edge to that package too, except to the root package and to the importer's own
   ancestor packages (which are always initialised before their submodules run).
 - ``prunetune/cli.py`` and ``benchmarks/*.py`` use the public API only: no private module path
@@ -43,10 +44,15 @@ def find_modules(src: Path, package: str) -> dict[str, Path]:
 def _is_type_checking(test: ast.expr) -> bool:
     """``if TYPE_CHECKING:`` (never runs) or ``if __name__ == "__main__":`` (runs only as a
     script's entry point, after every module it needs is loaded: not a module dependency)."""
-    if isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__":
+    if (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+    ):
         return any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def import_nodes(tree: ast.AST, skip_type_checking: bool = True) -> Iterator[ast.stmt]:
@@ -73,8 +79,9 @@ def from_base(node: ast.ImportFrom, module: str | None, is_package: bool) -> str
     return ".".join(parts + ([node.module] if node.module else []))
 
 
-def imported_modules(node: ast.stmt, module: str | None, is_package: bool,
-                     known: set[str]) -> list[str]:
+def imported_modules(
+    node: ast.stmt, module: str | None, is_package: bool, known: set[str]
+) -> list[str]:
     """The modules an import statement names: ``from X import name`` is ``X.name`` when that
     is a module, else ``X``."""
     if isinstance(node, ast.Import):
@@ -172,8 +179,9 @@ def simple_cycles(graph: Graph, component: list[str], limit: int = 50) -> list[l
         allowed = {m for m in members if m >= start}
         path = [start]
 
-        def walk(v: str, allowed: set[str] = allowed, start: str = start,
-                 path: list[str] = path) -> None:
+        def walk(
+            v: str, allowed: set[str] = allowed, start: str = start, path: list[str] = path
+        ) -> None:
             for w in sorted(graph[v]):
                 if len(cycles) >= limit or w not in allowed:
                     continue
@@ -205,8 +213,9 @@ def _private(part: str) -> bool:
     return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
 
 
-def private_imports(path: Path, module: str | None, package: str = PACKAGE,
-                    known: set[str] | None = None) -> list[str]:
+def private_imports(
+    path: Path, module: str | None, package: str = PACKAGE, known: set[str] | None = None
+) -> list[str]:
     """``path:line: ...`` for each import of a private prunetune module or name in ``path``.
 
     ``module`` is the file's own module name (relative imports resolve against it), None for a
@@ -231,8 +240,9 @@ def private_imports(path: Path, module: str | None, package: str = PACKAGE,
             for name in names:
                 if _private(name):
                     what = "module" if f"{mod}.{name}" in known else "name"
-                    found.append(f"{where}:{node.lineno}: imports the private {what} "
-                                 f"{name} from {mod}")
+                    found.append(
+                        f"{where}:{node.lineno}: imports the private {what} {name} from {mod}"
+                    )
     return found
 
 
@@ -264,21 +274,25 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def test_checker_flags_synthetic_cycles(tmp_path):
-    _write(tmp_path, {
-        "pkg/__init__.py": "from . import a\n",
-        "pkg/a.py": "from .b import f\n",
-        # a lazy import still closes the cycle a -> b -> a
-        "pkg/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .c import X\n"
-                    "def f():\n    from pkg.a import g\n",
-        # only a TYPE_CHECKING import points back at c: no cycle
-        "pkg/c.py": "from .b import f\nX = 1\n",
-        # e imports sub._impl, which runs sub/__init__, which imports e: a cycle e -> sub -> e
-        "pkg/e.py": "from .sub._impl import z\ny = 1\n",
-        "pkg/sub/__init__.py": "from ._impl import z\nfrom ..e import y\n",
-        # a submodule importing a sibling does not depend on its own package's __init__
-        "pkg/sub/_impl.py": "from . import _other\nimport pkg.sub._other\nz = 1\n",
-        "pkg/sub/_other.py": "import os\n",
-    })
+    _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from . import a\n",
+            "pkg/a.py": "from .b import f\n",
+            # a lazy import still closes the cycle a -> b -> a
+            "pkg/b.py": "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from .c import X\n"
+            "def f():\n    from pkg.a import g\n",
+            # only a TYPE_CHECKING import points back at c: no cycle
+            "pkg/c.py": "from .b import f\nX = 1\n",
+            # e imports sub._impl, which runs sub/__init__, which imports e: a cycle e -> sub -> e
+            "pkg/e.py": "from .sub._impl import z\ny = 1\n",
+            "pkg/sub/__init__.py": "from ._impl import z\nfrom ..e import y\n",
+            # a submodule importing a sibling does not depend on its own package's __init__
+            "pkg/sub/_impl.py": "from . import _other\nimport pkg.sub._other\nz = 1\n",
+            "pkg/sub/_other.py": "import os\n",
+        },
+    )
     graph = import_graph(tmp_path, "pkg")
     assert strongly_connected(graph) == [["pkg.a", "pkg.b"], ["pkg.e", "pkg.sub"]]
     assert "pkg.c" not in graph["pkg.b"] and "pkg" not in graph["pkg.a"]
@@ -291,26 +305,33 @@ def test_checker_flags_synthetic_cycles(tmp_path):
 
 def test_checker_flags_synthetic_private_imports(tmp_path):
     script = tmp_path / "bench.py"
-    script.write_text("\n".join([
-        "from prunetune import prune, __version__",  # 1: public
-        "from prunetune._session import load_base",  # 2
-        "from prunetune.search import _private",  # 3
-        "import prunetune.search._budget as b",  # 4
-        "from prunetune.models import ModelSpec",  # 5: public
-        "import _common, os",  # 6: not prunetune
-        "def f():",
-        "    from prunetune.pruners._tokens import X",  # 8
-        "from typing import TYPE_CHECKING",
-        "if TYPE_CHECKING:",
-        "    from prunetune import _pruned",  # 11
-    ]) + "\n")
+    script.write_text(
+        "\n".join(
+            [
+                "from prunetune import prune, __version__",  # 1: public
+                "from prunetune._session import load_base",  # 2
+                "from prunetune.search import _private",  # 3
+                "import prunetune.search._budget as b",  # 4
+                "from prunetune.models import ModelSpec",  # 5: public
+                "import _common, os",  # 6: not prunetune
+                "def f():",
+                "    from prunetune.pruners._tokens import X",  # 8
+                "from typing import TYPE_CHECKING",
+                "if TYPE_CHECKING:",
+                "    from prunetune import _pruned",  # 11
+            ]
+        )
+        + "\n"
+    )
     known = {"prunetune", "prunetune._session", "prunetune.search", "prunetune.search._budget"}
     lines = [v.split(":")[1] for v in private_imports(script, None, PACKAGE, known)]
     assert sorted(lines, key=int) == ["2", "3", "4", "8", "11"]
 
     cli = tmp_path / "cli.py"
-    cli.write_text("from . import _session\nfrom .search._budget import parse_budget\n"
-                   "from .config import PruningConfig\nfrom .search import search\n")
+    cli.write_text(
+        "from . import _session\nfrom .search._budget import parse_budget\n"
+        "from .config import PruningConfig\nfrom .search import search\n"
+    )
     found = private_imports(cli, f"{PACKAGE}.cli", PACKAGE, known)
     assert len(found) == 2, found
     assert "private module _session from prunetune" in found[0]

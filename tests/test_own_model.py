@@ -27,11 +27,34 @@ from prunetune import PruningConfig, load_pruned
 from prunetune.models import ModelSpec
 from prunetune.search import load_study
 
-KWARGS = {"img_size": 32, "patch_size": 8, "in_chans": 1, "num_classes": 3, "embed_dim": 32, "depth": 4,
-          "num_heads": 2, "mlp_ratio": 2.0}
+KWARGS = {
+    "img_size": 32,
+    "patch_size": 8,
+    "in_chans": 1,
+    "num_classes": 3,
+    "embed_dim": 32,
+    "depth": 4,
+    "num_heads": 2,
+    "mlp_ratio": 2.0,
+}
 CLASSES = ("checker", "horizontal", "vertical")
-TINY_SEARCH = ["--n-trials", "3", "--tier-b-steps", "4", "--calib-samples", "32", "--batch-size", "16",
-               "--final-epochs", "0.2", "--front-max", "1", "--device", "cpu", "--quiet"]
+TINY_SEARCH = [
+    "--n-trials",
+    "3",
+    "--tier-b-steps",
+    "4",
+    "--calib-samples",
+    "32",
+    "--batch-size",
+    "16",
+    "--final-epochs",
+    "0.2",
+    "--front-max",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def _texture(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -51,13 +74,18 @@ def _user_transform(path: Path) -> torch.Tensor:
 
 
 def _split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    files = [(p, c) for c, name in enumerate(CLASSES) for p in sorted((root / split / name).glob("*.png"))]
+    files = [
+        (p, c)
+        for c, name in enumerate(CLASSES)
+        for p in sorted((root / split / name).glob("*.png"))
+    ]
     return torch.stack([_user_transform(p) for p, _ in files]), torch.tensor([c for _, c in files])
 
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory):
-    """The user's files: data/{train,val,test}, tex_vit.json (with pretrained_cfg), tex_vit.safetensors."""
+    """The user's files: data/{train,val,test}, tex_vit.json (with pretrained_cfg),
+    tex_vit.safetensors."""
     root = tmp_path_factory.mktemp("user")
     rng = np.random.default_rng(0)
     for split, n in (("train", 60), ("val", 25), ("test", 25)):
@@ -80,13 +108,20 @@ def user(tmp_path_factory):
     with torch.no_grad():
         xv, yv = _split(root / "data", "val")
         correct = int((model(xv).argmax(-1) == yv).sum())
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "tex_vit.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(root / "tex_vit.safetensors"),
+    )
     cfg = {"mean": [0.5], "std": [0.5], "crop_pct": 1.0, "interpolation": "bilinear"}
-    (root / "tex_vit.json").write_text(json.dumps({"name": "vit_custom", "kwargs": KWARGS, "pretrained_cfg": cfg}))
+    (root / "tex_vit.json").write_text(
+        json.dumps({"name": "vit_custom", "kwargs": KWARGS, "pretrained_cfg": cfg})
+    )
     (root / "bare_vit.json").write_text(json.dumps({"name": "vit_custom", "kwargs": KWARGS}))
     spec = ModelSpec("vit_custom", KWARGS, cfg)
     PruningConfig.dense(spec).save(root / "dense.json")
-    assert correct / len(yv) > 0.8, correct  # the user's model works: the checks below mean something
+    assert correct / len(yv) > 0.8, (
+        correct
+    )  # the user's model works: the checks below mean something
     return {"root": root, "val_correct": correct, "val_n": len(yv), "spec": spec}
 
 
@@ -102,9 +137,23 @@ def _printed_accuracy(out: str) -> float:
 def test_model_file_preprocessing_gives_the_users_own_accuracy(user, tmp_path, capsys, monkeypatch):
     r = user["root"]
     monkeypatch.chdir(r)
-    code, out, err = run(["prune", "--config", "dense.json", "--model", "tex_vit.json", "--checkpoint",
-                          "tex_vit.safetensors", "--data", "data", "--out", str(tmp_path / "o"), "--no-latency"],
-                         capsys)
+    code, out, err = run(
+        [
+            "prune",
+            "--config",
+            "dense.json",
+            "--model",
+            "tex_vit.json",
+            "--checkpoint",
+            "tex_vit.safetensors",
+            "--data",
+            "data",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-latency",
+        ],
+        capsys,
+    )
     assert code == 0, err
     expected = 100 * user["val_correct"] / user["val_n"]
     assert _printed_accuracy(out) == pytest.approx(expected, abs=0.005), _dense_line(out)
@@ -115,15 +164,32 @@ def test_model_file_preprocessing_gives_the_users_own_accuracy(user, tmp_path, c
     assert float(dense_row.split()[-1]) == pytest.approx(expected, abs=0.005)
 
 
-def test_flags_give_the_same_accuracy_and_no_normalisation_is_refused(user, tmp_path, capsys, monkeypatch):
+def test_flags_give_the_same_accuracy_and_no_normalisation_is_refused(
+    user, tmp_path, capsys, monkeypatch
+):
     r = user["root"]
     monkeypatch.chdir(r)
-    base = ["saliency", "--criterion", "magnitude_l1", "--model", "bare_vit.json", "--checkpoint",
-            "tex_vit.safetensors", "--data", "data", "--calib-samples", "16"]
-    code, out, err = run([*base, "--mean", "0.5", "--std", "0.5", "--crop-pct", "1", "--interpolation", "bilinear"],
-                         capsys)
+    base = [
+        "saliency",
+        "--criterion",
+        "magnitude_l1",
+        "--model",
+        "bare_vit.json",
+        "--checkpoint",
+        "tex_vit.safetensors",
+        "--data",
+        "data",
+        "--calib-samples",
+        "16",
+    ]
+    code, out, err = run(
+        [*base, "--mean", "0.5", "--std", "0.5", "--crop-pct", "1", "--interpolation", "bilinear"],
+        capsys,
+    )
     assert code == 0, err
-    assert _printed_accuracy(out) == pytest.approx(100 * user["val_correct"] / user["val_n"], abs=0.005)
+    assert _printed_accuracy(out) == pytest.approx(
+        100 * user["val_correct"] / user["val_n"], abs=0.005
+    )
     assert "(flags)" in _dense_line(out)
     code, out, err = run(base, capsys)
     assert_usage_error(code, err, "no known normalisation", "--mean", "--std", "pretrained_cfg")
@@ -134,9 +200,19 @@ def test_flags_give_the_same_accuracy_and_no_normalisation_is_refused(user, tmp_
     for k in ("head.weight", "head.bias"):
         state[k] = state[k].roll(1, 0).contiguous()
     save_file(state, str(tmp_path / "rolled.safetensors"))
-    rolled = [*base[:6], str(tmp_path / "rolled.safetensors"), *base[7:], "--mean", "0.5", "--std", "0.5"]
+    rolled = [
+        *base[:6],
+        str(tmp_path / "rolled.safetensors"),
+        *base[7:],
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+    ]
     code, out, err = run(rolled, capsys)
-    assert_usage_error(code, err, "within 5 points of chance", "normalisation", "class order", "--skip-dense-check")
+    assert_usage_error(
+        code, err, "within 5 points of chance", "normalisation", "class order", "--skip-dense-check"
+    )
     code, out, err = run([*rolled, "--skip-dense-check"], capsys)
     assert code == 0, err
 
@@ -147,13 +223,30 @@ def test_search_and_export_from_anywhere(user, tmp_path, capsys, monkeypatch):
     work.mkdir()
     elsewhere.mkdir()
     monkeypatch.chdir(work)
-    rel = [os.path.relpath(r / f, work) for f in ("tex_vit.json", "tex_vit.safetensors", "data")]  # as typed
-    code, out, err = run(["search", "--budget", "flops=50%", "--model", rel[0], "--checkpoint", rel[1], "--data",
-                          rel[2], *TINY_SEARCH], capsys)
+    rel = [
+        os.path.relpath(r / f, work) for f in ("tex_vit.json", "tex_vit.safetensors", "data")
+    ]  # as typed
+    code, out, err = run(
+        [
+            "search",
+            "--budget",
+            "flops=50%",
+            "--model",
+            rel[0],
+            "--checkpoint",
+            rel[1],
+            "--data",
+            rel[2],
+            *TINY_SEARCH,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "study prunetune-flops50" in out
     assert "final test %" in out
-    assert _printed_accuracy(out) == pytest.approx(100 * user["val_correct"] / user["val_n"], abs=0.005)
+    assert _printed_accuracy(out) == pytest.approx(
+        100 * user["val_correct"] / user["val_n"], abs=0.005
+    )
     monkeypatch.chdir("/")
     storage = sqlite_url(work / "prunetune.db")
     code, out, err = run(["export", "--storage", storage, "--out", str(elsewhere / "best")], capsys)
@@ -164,7 +257,9 @@ def test_search_and_export_from_anywhere(user, tmp_path, capsys, monkeypatch):
     exported = load_pruned(elsewhere / "best").eval()
     from timm.data import resolve_data_config
 
-    assert resolve_data_config({}, model=exported)["mean"] == [0.5]  # the preprocessing travels with it
+    assert resolve_data_config({}, model=exported)["mean"] == [
+        0.5
+    ]  # the preprocessing travels with it
     xt, yt = _split(r / "data", "test")
     with torch.no_grad():
         correct = int((exported(xt).argmax(-1) == yt).sum())
@@ -175,38 +270,77 @@ def test_search_and_export_from_anywhere(user, tmp_path, capsys, monkeypatch):
     for f in ("config.json", "model.safetensors"):
         assert (work / "here" / f).read_bytes() == (elsewhere / "best" / f).read_bytes(), f
     here = json.loads((work / "here" / "export.json").read_text())
-    assert {k: v for k, v in here.items() if k != "reproduce"} == {k: v for k, v in info.items() if k != "reproduce"}
+    assert {k: v for k, v in here.items() if k != "reproduce"} == {
+        k: v for k, v in info.items() if k != "reproduce"
+    }
     monkeypatch.chdir("/")
     study = load_study(storage)
-    art = Path(study.user_attrs["settings"]["artifacts"]) / f"trial_{info['trial']}" / "model.safetensors"
-    assert art.is_absolute() and (elsewhere / "best" / "model.safetensors").read_bytes() == art.read_bytes()
+    art = (
+        Path(study.user_attrs["settings"]["artifacts"])
+        / f"trial_{info['trial']}"
+        / "model.safetensors"
+    )
+    assert (
+        art.is_absolute()
+        and (elsewhere / "best" / "model.safetensors").read_bytes() == art.read_bytes()
+    )
     # the reproduce command works from yet another folder and gives the same weights
-    argv = shlex.split(info["reproduce"].replace("--out DIR", f"--out {shlex.quote(str(elsewhere / 'repro'))}"))
+    argv = shlex.split(
+        info["reproduce"].replace("--out DIR", f"--out {shlex.quote(str(elsewhere / 'repro'))}")
+    )
     code, _, err = run(argv[1:] + ["--no-latency"], capsys)
     assert code == 0, err
     x = torch.randn(8, 1, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(load_pruned(elsewhere / "repro")(x), load_pruned(elsewhere / "best")(x),
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            load_pruned(elsewhere / "repro")(x),
+            load_pruned(elsewhere / "best")(x),
+            atol=1e-4,
+            rtol=0,
+        )
     # a second budget in the same folder is its own study
     monkeypatch.chdir(work)
-    code, out, err = run(["search", "--budget", "flops=30%", "--model", rel[0], "--checkpoint", rel[1], "--data",
-                          rel[2], *TINY_SEARCH, "--no-final"], capsys)
+    code, out, err = run(
+        [
+            "search",
+            "--budget",
+            "flops=30%",
+            "--model",
+            rel[0],
+            "--checkpoint",
+            rel[1],
+            "--data",
+            rel[2],
+            *TINY_SEARCH,
+            "--no-final",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "study prunetune-flops30" in out and "this worker ran 3 of the study's 3 trials" in out
     code, _, err = run(["export", "--out", str(elsewhere / "x")], capsys)
     assert_usage_error(code, err, "2 studies", "prunetune-flops30", "prunetune-flops50", "--study")
-    code, _, err = run(["export", "--study", "prunetune-flops30", "--out", str(elsewhere / "x")], capsys)
+    code, _, err = run(
+        ["export", "--study", "prunetune-flops30", "--out", str(elsewhere / "x")], capsys
+    )
     assert_usage_error(code, err, "not finished", "the Pareto stage has not run", "--partial")
-    code, out, err = run(["export", "--study", "prunetune-flops30", "--out", str(elsewhere / "x"), "--partial"],
-                         capsys)
+    code, out, err = run(
+        ["export", "--study", "prunetune-flops30", "--out", str(elsewhere / "x"), "--partial"],
+        capsys,
+    )
     assert code == 0, err
     info = json.loads((elsewhere / "x" / "export.json").read_text())
-    assert "Pareto stage has not run" in info["partial"] and not info["tuned"] and info["final"] is None
+    assert (
+        "Pareto stage has not run" in info["partial"]
+        and not info["tuned"]
+        and info["final"] is None
+    )
     assert "partial:" in out and "not fine-tuned" in out
 
 
-def test_postgres_study_exports_tuned_weights_from_another_folder(user, tmp_path, capsys, monkeypatch):
+def test_postgres_study_exports_tuned_weights_from_another_folder(
+    user, tmp_path, capsys, monkeypatch
+):
     why = _postgres_reachable()
     if why:
         pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({why})")
@@ -219,16 +353,37 @@ def test_postgres_study_exports_tuned_weights_from_another_folder(user, tmp_path
     monkeypatch.chdir(work)
     r = user["root"]
     try:
-        code, out, err = run(["search", "--budget", "flops=50%", "--model", str(r / "tex_vit.json"), "--checkpoint",
-                              str(r / "tex_vit.safetensors"), "--data", str(r / "data"), "--storage", PG_URL,
-                              "--study", name, *TINY_SEARCH], capsys)
+        code, out, err = run(
+            [
+                "search",
+                "--budget",
+                "flops=50%",
+                "--model",
+                str(r / "tex_vit.json"),
+                "--checkpoint",
+                str(r / "tex_vit.safetensors"),
+                "--data",
+                str(r / "data"),
+                "--storage",
+                PG_URL,
+                "--study",
+                name,
+                *TINY_SEARCH,
+            ],
+            capsys,
+        )
         assert code == 0, err
         monkeypatch.chdir(elsewhere)
-        code, out, err = run(["export", "--storage", PG_URL, "--study", name, "--out", "best"], capsys)
+        code, out, err = run(
+            ["export", "--storage", PG_URL, "--study", name, "--out", "best"], capsys
+        )
         assert code == 0, err
         info = json.loads((elsewhere / "best" / "export.json").read_text())
         art = work / "prunetune-artifacts" / name / f"trial_{info['trial']}" / "model.safetensors"
-        assert info["tuned"] and (elsewhere / "best" / "model.safetensors").read_bytes() == art.read_bytes()
+        assert (
+            info["tuned"]
+            and (elsewhere / "best" / "model.safetensors").read_bytes() == art.read_bytes()
+        )
         assert math.isfinite(info["final"]["val_accuracy"])
     finally:
         import optuna

@@ -74,8 +74,12 @@ def _library(module: str | None) -> bool:
     return bool(module) and module.split(".")[0] in LIBRARIES
 
 
-def violations(source: str, where: str, private: frozenset[str] | None = None,
-               own: frozenset[str] | None = None) -> list[str]:
+def violations(
+    source: str,
+    where: str,
+    private: frozenset[str] | None = None,
+    own: frozenset[str] | None = None,
+) -> list[str]:
     """Every use of a private Optuna / Ray / timm name in ``source``, one line each."""
     private = library_private_names() if private is None else private
     own = own_private_names() if own is None else own
@@ -93,10 +97,16 @@ def violations(source: str, where: str, private: frozenset[str] | None = None,
                 flag(node, f"inspect.{node.attr}")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             args = node.args
-            if (node.func.id in _ATTR_FUNCS and len(args) >= 2
-                    and isinstance(args[1], ast.Constant) and args[1].value in foreign):
-                flag(node, f"{node.func.id}(..., {args[1].value!r}) is private "
-                           f"in {'/'.join(LIBRARIES)}")
+            if (
+                node.func.id in _ATTR_FUNCS
+                and len(args) >= 2
+                and isinstance(args[1], ast.Constant)
+                and args[1].value in foreign
+            ):
+                flag(
+                    node,
+                    f"{node.func.id}(..., {args[1].value!r}) is private in {'/'.join(LIBRARIES)}",
+                )
             elif node.func.id in _GETSOURCE:
                 flag(node, node.func.id)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -105,14 +115,20 @@ def violations(source: str, where: str, private: frozenset[str] | None = None,
             elif _library(node.module):
                 parts = node.module.split(".") + [a.name for a in node.names]
                 if any(_is_private(p) for p in parts):
-                    flag(node, f"from {node.module} import "
-                               f"{', '.join(a.name for a in node.names)} (private)")
+                    flag(
+                        node,
+                        f"from {node.module} import "
+                        f"{', '.join(a.name for a in node.names)} (private)",
+                    )
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if _library(alias.name) and any(_is_private(p) for p in alias.name.split(".")):
                     flag(node, f"import {alias.name} (private)")
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
-              and _PRIVATE_MODULE.match(node.value)):
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _PRIVATE_MODULE.match(node.value)
+        ):
             flag(node, f"{node.value!r} names a private module")
     return found
 
@@ -125,27 +141,33 @@ def test_the_libraries_sources_are_scanned():
 
 
 def test_prunetune_uses_no_private_api_of_optuna_ray_or_timm():
-    found = [v for path in sorted(SRC.rglob("*.py"))
-             for v in violations(path.read_text(), str(path.relative_to(SRC.parent)))]
+    found = [
+        v
+        for path in sorted(SRC.rglob("*.py"))
+        for v in violations(path.read_text(), str(path.relative_to(SRC.parent)))
+    ]
     assert not found, "private API of optuna/ray/timm used:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("snippet", [
-    "sampler._rng.rng.seed(1)",
-    "rng = getattr(sampler, '_random_sampler', None)",
-    "ot_trial = self._ot_trials.get(trial_id)",
-    "self._ot_study.tell(ot_trial, state=PRUNED)",
-    "done = trial_id in self._completed_trials",
-    "value = trial._suggest(name, dist)",
-    "study._storage.set_trial_system_attr(trial._trial_id, 'k', 1)",
-    "from optuna.samplers._base import BaseSampler",
-    "from optuna.samplers import _tpe",
-    "import ray._private.services",
-    "from timm.layers import _fx",
-    "importlib.import_module('ray._private.worker')",
-    "import inspect\nsrc = inspect.getsource(Attention.forward)",
-    "from inspect import getsource\nsrc = getsource(f)",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "sampler._rng.rng.seed(1)",
+        "rng = getattr(sampler, '_random_sampler', None)",
+        "ot_trial = self._ot_trials.get(trial_id)",
+        "self._ot_study.tell(ot_trial, state=PRUNED)",
+        "done = trial_id in self._completed_trials",
+        "value = trial._suggest(name, dist)",
+        "study._storage.set_trial_system_attr(trial._trial_id, 'k', 1)",
+        "from optuna.samplers._base import BaseSampler",
+        "from optuna.samplers import _tpe",
+        "import ray._private.services",
+        "from timm.layers import _fx",
+        "importlib.import_module('ray._private.worker')",
+        "import inspect\nsrc = inspect.getsource(Attention.forward)",
+        "from inspect import getsource\nsrc = getsource(f)",
+    ],
+)
 def test_the_check_catches_private_access(snippet):
     if importlib.util.find_spec("optuna") is None or importlib.util.find_spec("ray") is None:
         pytest.skip("needs optuna and ray installed (their sources define the private names)")

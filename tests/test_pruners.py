@@ -121,8 +121,14 @@ def chosen_scores(family: str) -> SaliencyScores:
     g = torch.Generator().manual_seed(3)
     heads = [torch.randperm(b.attn.num_heads, generator=g).float() for b in model.blocks]
     mlp = [torch.randn(b.mlp.fc1.out_features, generator=g) for b in model.blocks]
-    elements = {n: torch.randn(p.shape, generator=g) for n, p in model.named_parameters() if n.startswith("blocks.")}
-    return SaliencyScores("chosen", heads, mlp, torch.randn(len(model.blocks), generator=g), elements)
+    elements = {
+        n: torch.randn(p.shape, generator=g)
+        for n, p in model.named_parameters()
+        if n.startswith("blocks.")
+    }
+    return SaliencyScores(
+        "chosen", heads, mlp, torch.randn(len(model.blocks), generator=g), elements
+    )
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -168,7 +174,12 @@ def _mixed_block(i: int, a: ViTArch) -> BlockConfig:
     return BlockConfig(keep=k.keep, heads=h.heads, mlp=m.mlp, sparsity=s.sparsity)
 
 
-_EXERCISE = {"heads": _heads_block, "mlp": _mlp_block, "unstructured": _sparse_block, "depth": _depth_block}
+_EXERCISE = {
+    "heads": _heads_block,
+    "mlp": _mlp_block,
+    "unstructured": _sparse_block,
+    "depth": _depth_block,
+}
 
 
 def exercising_config(name: str, spec: ModelSpec) -> PruningConfig:
@@ -181,7 +192,9 @@ def exercising_config(name: str, spec: ModelSpec) -> PruningConfig:
         cfg = _config(spec, _token_block, token_mode=name.removeprefix("tokens_"))
     else:
         cfg = _config(spec, _EXERCISE.get(name, _mixed_block))
-    assert get_pruner(name).applies(cfg), f"no exercising config for pruner {name!r}: add one to _EXERCISE"
+    assert get_pruner(name).applies(cfg), (
+        f"no exercising config for pruner {name!r}: add one to _EXERCISE"
+    )
     return cfg
 
 
@@ -212,7 +225,9 @@ def pruner_name(request) -> str:
 def case(family, pruner_name):
     """(config, pruned model, its eval outputs) for one pruner on one family, chosen scores."""
     if pruner_name.startswith("tokens_attentive") and dense_model(family).cls_token is None:
-        pytest.skip("attentive token modes refuse models without a class token (test_tokens checks that)")
+        pytest.skip(
+            "attentive token modes refuse models without a class token (test_tokens checks that)"
+        )
     cfg = exercising_config(pruner_name, FAMILIES[family])
     pruned = prune(dense_model(family), cfg, scores=chosen_scores(family))
     return cfg, pruned, outputs(pruned, inputs(family))
@@ -235,9 +250,16 @@ def test_cost_never_grows(family, pruner_name, case):
     dense_cfg = PruningConfig.dense(FAMILIES[family])
     cost, dense = estimate_cost(cfg), estimate_cost(dense_cfg)
     # parameters a pruner adds on purpose (DynamicViT's keep predictors): the only growth allowed
-    added = sum(count_params(m)[0] for blk in pruned.blocks for n, m in blk.named_children() if n in ADDED_MODULES)
+    added = sum(
+        count_params(m)[0]
+        for blk in pruned.blocks
+        for n, m in blk.named_children()
+        if n in ADDED_MODULES
+    )
     assert cost.macs <= dense.macs
-    assert cost.params <= dense.params + added and cost.nonzero_params <= dense.nonzero_params + added
+    assert (
+        cost.params <= dense.params + added and cost.nonzero_params <= dense.nonzero_params + added
+    )
     for b, d in zip(cost.blocks, dense.blocks):
         assert b.macs <= d.macs and b.tokens <= d.tokens
     if pruner_name == "unstructured":  # masks zero weights but keep dense shapes and MACs
@@ -283,7 +305,11 @@ def test_forward_backward_fused_and_explicit(family, pruner_name, case):
         assert torch.isfinite(loss)
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"fused_attn={fused}: no gradient reached {missing[:5]}"
-        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        bad = [
+            n
+            for n, p in model.named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
         assert not bad, f"fused_attn={fused}: non-finite gradients in {bad[:5]}"
 
 
@@ -302,11 +328,13 @@ def test_attributes_consistent(family, pruner_name, case):
         assert attn.qkv.out_features == 3 * attn.attn_dim and attn.qkv.in_features == D
         if attn.qkv.bias is not None:
             assert attn.qkv.bias.shape == (3 * attn.attn_dim,)
-        assert attn.proj.weight.shape == (D, attn.attn_dim) and attn.proj.in_features == attn.attn_dim
+        assert (
+            attn.proj.weight.shape == (D, attn.attn_dim) and attn.proj.in_features == attn.attn_dim
+        )
         if isinstance(attn.norm, nn.LayerNorm):
             assert attn.norm.normalized_shape == (attn.attn_dim,)
             assert attn.norm.weight.shape == (attn.attn_dim,)
-        assert attn.scale == pytest.approx(arch.head_dim ** -0.5)
+        assert attn.scale == pytest.approx(arch.head_dim**-0.5)
         assert mlp.fc1.out_features == mlp.fc1.weight.shape[0] == mlps[i]
         assert mlp.fc2.in_features == mlp.fc2.weight.shape[1] == mlps[i]
         if isinstance(mlp.norm, nn.LayerNorm):
@@ -400,8 +428,10 @@ def reference_model(family: str, cfg: PruningConfig, scores: SaliencyScores) -> 
         with torch.no_grad():
             if bc.sparsity > 0:
                 for name, lin, rows, cols in (
-                    ("attn.qkv", attn.qkv, qkv_rows, None), ("attn.proj", attn.proj, None, ch),
-                    ("mlp.fc1", mlp.fc1, neurons, None), ("mlp.fc2", mlp.fc2, None, neurons),
+                    ("attn.qkv", attn.qkv, qkv_rows, None),
+                    ("attn.proj", attn.proj, None, ch),
+                    ("mlp.fc1", mlp.fc1, neurons, None),
+                    ("mlp.fc2", mlp.fc2, None, neurons),
                 ):
                     rows = torch.arange(lin.out_features) if rows is None else rows
                     cols = torch.arange(lin.in_features) if cols is None else cols
@@ -423,7 +453,9 @@ def reference_model(family: str, cfg: PruningConfig, scores: SaliencyScores) -> 
 
 
 # each structural pruner alone on the small families; all of them together on every family
-SEMANTIC_CASES = [(f, k) for k in STRUCTURAL for f in ("digits_vit", "vit_custom")] + [(f, "mixed") for f in FAMILIES]
+SEMANTIC_CASES = [(f, k) for k in STRUCTURAL for f in ("digits_vit", "vit_custom")] + [
+    (f, "mixed") for f in FAMILIES
+]
 
 
 def _structural_config(kind: str, family: str) -> PruningConfig:
@@ -454,9 +486,15 @@ def test_highest_scoring_units_kept_and_outputs_match_dense(fam, kind):
         qkv_w = getattr(blk.attn.qkv, "weight_orig", blk.attn.qkv.weight)
         fc1_w = getattr(blk.mlp.fc1, "weight_orig", blk.mlp.fc1.weight)
         assert torch.equal(qkv_w, d_blk.attn.qkv.weight[qkv_rows])
-        assert torch.equal(getattr(blk.attn.proj, "weight_orig", blk.attn.proj.weight), d_blk.attn.proj.weight[:, ch])
+        assert torch.equal(
+            getattr(blk.attn.proj, "weight_orig", blk.attn.proj.weight),
+            d_blk.attn.proj.weight[:, ch],
+        )
         assert torch.equal(fc1_w, d_blk.mlp.fc1.weight[neurons])
-        assert torch.equal(getattr(blk.mlp.fc2, "weight_orig", blk.mlp.fc2.weight), d_blk.mlp.fc2.weight[:, neurons])
+        assert torch.equal(
+            getattr(blk.mlp.fc2, "weight_orig", blk.mlp.fc2.weight),
+            d_blk.mlp.fc2.weight[:, neurons],
+        )
         assert torch.equal(blk.norm1.weight, d_blk.norm1.weight)
         # every kept head outscores every removed one (same for neurons)
         dropped_h = _complement(heads, d_blk.attn.num_heads)
@@ -467,8 +505,10 @@ def test_highest_scoring_units_kept_and_outputs_match_dense(fam, kind):
             assert scores.mlp[i][neurons].min() > scores.mlp[i][dropped_n].max()
         # unstructured: exactly the round(s·n) lowest-scoring kept weights are masked
         for name, lin, rows, cols in (
-            ("attn.qkv", blk.attn.qkv, qkv_rows, None), ("attn.proj", blk.attn.proj, None, ch),
-            ("mlp.fc1", blk.mlp.fc1, neurons, None), ("mlp.fc2", blk.mlp.fc2, None, neurons),
+            ("attn.qkv", blk.attn.qkv, qkv_rows, None),
+            ("attn.proj", blk.attn.proj, None, ch),
+            ("mlp.fc1", blk.mlp.fc1, neurons, None),
+            ("mlp.fc2", blk.mlp.fc2, None, neurons),
         ):
             if bc.sparsity == 0:
                 assert not hasattr(lin, "weight_mask")
@@ -501,7 +541,7 @@ def test_pruned_head_output_is_dense_minus_that_head():
         pruned = prune(dense_model(fam), cfg, scores=full).blocks[3].attn
         ref = copy.deepcopy(dense)
         with torch.no_grad():
-            ref.proj.weight[:, drop * d:(drop + 1) * d] = 0
+            ref.proj.weight[:, drop * d : (drop + 1) * d] = 0
         for fused in (True, False):
             pruned.fused_attn = ref.fused_attn = fused
             with torch.no_grad():
@@ -531,7 +571,11 @@ def test_unstructured_mask_survives_training(family):
     for m, z in zip(masked, zeros_before):
         assert torch.equal(m.weight_mask == 0, z)
         assert (m.weight[z] == 0).all()
-    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n.endswith("weight_orig"))
+    assert any(
+        not torch.equal(before[n], p)
+        for n, p in model.named_parameters()
+        if n.endswith("weight_orig")
+    )
     assert count_params(model) == (cost.params, cost.nonzero_params)
 
 
@@ -540,7 +584,11 @@ def test_unstructured_mask_survives_training(family):
 
 def test_identity_threshold_config_needs_no_scores():
     spec = FAMILIES["digits_vit"]
-    cfg = _config(spec, lambda i, a: BlockConfig(head_threshold=0.0, mlp_threshold=0.0), width_mode="threshold")
+    cfg = _config(
+        spec,
+        lambda i, a: BlockConfig(head_threshold=0.0, mlp_threshold=0.0),
+        width_mode="threshold",
+    )
     assert cfg.is_identity
     pruned = prune(dense_model("digits_vit"), cfg)  # no scores, no batches
     assert pruned.pruning_config.width_mode == "count"
@@ -611,15 +659,23 @@ def test_unsupported_models_raise():
     with pytest.raises(UnsupportedModelError):
         ViTArch.from_model(resnet)
     with pytest.raises(UnsupportedModelError, match="attention-pool"):
-        build_model(ModelSpec("vit_custom", {**SMALL, "embed_dim": 32, "depth": 2, "num_heads": 2,
-                                             "global_pool": "map"}))
+        build_model(
+            ModelSpec(
+                "vit_custom",
+                {**SMALL, "embed_dim": 32, "depth": 2, "num_heads": 2, "global_pool": "map"},
+            )
+        )
 
 
 def test_depth_and_token_only_configs_need_no_calibration_data():
     """A data-driven criterion is not run when no pruner has to choose units."""
     spec = FAMILIES["digits_vit"]
     model = build_model(spec).eval()
-    cfg = PruningConfig.dense(spec, criterion="fisher").with_block(4, keep=False).with_block(2, token_keep=0.5)
+    cfg = (
+        PruningConfig.dense(spec, criterion="fisher")
+        .with_block(4, keep=False)
+        .with_block(2, token_keep=0.5)
+    )
     pruned = prune(model, cfg)  # no batches: fine, nothing is ranked
     assert len(pruned.blocks) == 5
     with pytest.raises(ConfigError, match="needs calibration batches"):

@@ -34,7 +34,7 @@ def _listening() -> set[tuple[str, int]]:
             hexaddr, hexport = local.split(":")
             raw = bytes.fromhex(hexaddr)
             # /proc prints each 32-bit word in host (little-endian) order
-            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
             found.add((socket.inet_ntop(fam, raw), int(hexport, 16)))
     return found
 
@@ -57,10 +57,29 @@ pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="need
 
 def test_a_local_ray_search_listens_only_on_loopback(tmp_path):
     before = _listening()
-    args = ["search", "--budget", "flops=50%", "--backend", "ray", "--storage", sqlite_url(tmp_path / "s.db"),
-            "--study", "lo", "--n-trials", "2", *TINY_CLI, "--no-final"]
-    proc = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env(), cwd=tmp_path)
+    args = [
+        "search",
+        "--budget",
+        "flops=50%",
+        "--backend",
+        "ray",
+        "--storage",
+        sqlite_url(tmp_path / "s.db"),
+        "--study",
+        "lo",
+        "--n-trials",
+        "2",
+        *TINY_CLI,
+        "--no-final",
+    ]
+    proc = subprocess.Popen(
+        cli(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+    )
     seen: set[tuple[str, int]] = set()
     try:
         while proc.poll() is None:
@@ -84,10 +103,23 @@ def ray_head(tmp_path_factory):
     gcs, client = _free_port(), _free_port()
     env = {**subprocess_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     start = subprocess.run(
-        [str(ray_bin), "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
-         "--min-worker-port=20000", "--max-worker-port=20100", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats"],
-        capture_output=True, text=True, env=env, timeout=120)
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            f"--port={gcs}",
+            f"--ray-client-server-port={client}",
+            "--min-worker-port=20000",
+            "--max-worker-port=20100",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert start.returncode == 0, start.stderr[-3000:]
     try:
         yield {"gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}"}
@@ -96,10 +128,26 @@ def ray_head(tmp_path_factory):
 
 
 def _search(tmp_path, study: str, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
-    args = ["search", "--budget", "flops=50%", "--backend", "ray", "--storage", sqlite_url(tmp_path / "s.db"),
-            "--study", study, "--n-trials", str(n_trials), *TINY_CLI, "--front-max", "1", *extra]
-    return subprocess.run(cli(*args), capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path,
-                           timeout=600)
+    args = [
+        "search",
+        "--budget",
+        "flops=50%",
+        "--backend",
+        "ray",
+        "--storage",
+        sqlite_url(tmp_path / "s.db"),
+        "--study",
+        study,
+        "--n-trials",
+        str(n_trials),
+        *TINY_CLI,
+        "--front-max",
+        "1",
+        *extra,
+    ]
+    return subprocess.run(
+        cli(*args), capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=600
+    )
 
 
 @pytest.mark.parametrize("form", [pytest.param("gcs", marks=pytest.mark.slow), "client"])
@@ -126,5 +174,7 @@ def test_unreachable_address_is_one_line(tmp_path):
     res = _search(tmp_path, "none", 1, "--address", f"127.0.0.1:{_free_port()}")
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prunetune: error: cannot connect to the Ray cluster"), res.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "prunetune: error: cannot connect to the Ray cluster"
+    ), res.stderr
     assert not (tmp_path / "s.db").exists()

@@ -54,9 +54,17 @@ print("opened", study.study_name, flush=True)
 def test_processes_starting_together_on_a_new_postgres_database():
     """Four processes create Optuna's tables and one study on an empty database at once."""
     with fresh_postgres_database() as url:
-        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, url, "shared"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
-                 for _ in range(4)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_TOGETHER, url, "shared"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=subprocess_env(),
+            )
+            for _ in range(4)
+        ]
         try:
             for p in procs:  # imports done everywhere before anyone touches the database
                 assert p.stdout.readline().strip() == "ready", p.stderr.read()
@@ -80,11 +88,32 @@ def test_three_workers_run_exactly_the_study_total(tmp_path):
     """``--n-trials`` is a study total: three workers on one new database run it exactly."""
     n_trials = 6
     with fresh_postgres_database() as url:
-        args = ["search", "--budget", "flops=50%", "--storage", url, "--study", "total", "--n-trials", str(n_trials),
-                *TINY_CLI, "--front-max", "1", "--artifacts", str(tmp_path / "art")]
-        procs = [subprocess.Popen(cli(*args, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=subprocess_env())
-                 for extra in ([], ["--no-final"], ["--no-final"])]
+        args = [
+            "search",
+            "--budget",
+            "flops=50%",
+            "--storage",
+            url,
+            "--study",
+            "total",
+            "--n-trials",
+            str(n_trials),
+            *TINY_CLI,
+            "--front-max",
+            "1",
+            "--artifacts",
+            str(tmp_path / "art"),
+        ]
+        procs = [
+            subprocess.Popen(
+                cli(*args, *extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=subprocess_env(),
+            )
+            for extra in ([], ["--no-final"], ["--no-final"])
+        ]
         try:
             for p in procs:
                 out, err = p.communicate(timeout=600)
@@ -95,7 +124,9 @@ def test_three_workers_run_exactly_the_study_total(tmp_path):
         study = load_study(url, "total")
         states = Counter(t.state for t in study.trials)
         assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == n_trials, states
-        assert states[TrialState.RUNNING] == states[TrialState.WAITING] == states[TrialState.FAIL] == 0, states
+        assert (
+            states[TrialState.RUNNING] == states[TrialState.WAITING] == states[TrialState.FAIL] == 0
+        ), states
         assert sorted(t.number for t in study.trials) == list(range(n_trials))
         # the worker with the Pareto stage waited for the others' trials before starting it
         finals = [k for k in study.user_attrs if k.startswith("final_")]
@@ -169,10 +200,13 @@ def test_a_killed_writer_leftovers_are_cleaned_and_rolled_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
 
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda p: p.write_text("x"), "is a file"),
-    (lambda p: (p.parent / "f").write_text("x"), "which is a file"),
-])
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda p: p.write_text("x"), "is a file"),
+        (lambda p: (p.parent / "f").write_text("x"), "which is a file"),
+    ],
+)
 def test_out_that_is_or_lies_under_a_file(tmp_path, make, needle):
     target = tmp_path / "o"
     make(target)

@@ -30,12 +30,34 @@ from prunetune.pruners import (
     register_saliency,
 )
 
-TINY = {"img_size": 4, "patch_size": 2, "in_chans": 1, "embed_dim": 8, "depth": 1,
-        "num_heads": 2, "mlp_ratio": 1.0, "num_classes": 3}
+TINY = {
+    "img_size": 4,
+    "patch_size": 2,
+    "in_chans": 1,
+    "embed_dim": 8,
+    "depth": 1,
+    "num_heads": 2,
+    "mlp_ratio": 1.0,
+    "num_classes": 3,
+}
 #: Same size, plus every optional per-head / per-neuron / per-block parameter timm offers.
-TINY_EXTRAS = {**TINY, "depth": 2, "qk_norm": True, "scale_attn_norm": True,
-               "scale_mlp_norm": True, "init_values": 0.1}
-ALL_CRITERIA = ("activation", "fisher", "hessian", "magnitude_l1", "magnitude_l2", "random", "taylor")
+TINY_EXTRAS = {
+    **TINY,
+    "depth": 2,
+    "qk_norm": True,
+    "scale_attn_norm": True,
+    "scale_mlp_norm": True,
+    "init_values": 0.1,
+}
+ALL_CRITERIA = (
+    "activation",
+    "fisher",
+    "hessian",
+    "magnitude_l1",
+    "magnitude_l2",
+    "random",
+    "taylor",
+)
 DATA_DRIVEN = ("activation", "fisher", "hessian", "taylor")
 GRADIENT_BASED = ("fisher", "hessian", "taylor")
 
@@ -59,11 +81,17 @@ def _tiny(kwargs: dict | None = None) -> nn.Module:
     return model
 
 
-def _batches(sizes=(5, 3, 4), seed: int = 1, img: int = 4, classes: int = 3,
-             dtype=torch.float64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    sizes=(5, 3, 4), seed: int = 1, img: int = 4, classes: int = 3, dtype=torch.float64
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, 1, img, img, generator=gen, dtype=dtype),
-             torch.randint(0, classes, (n,), generator=gen)) for n in sizes]
+    return [
+        (
+            torch.randn(n, 1, img, img, generator=gen, dtype=dtype),
+            torch.randint(0, classes, (n,), generator=gen),
+        )
+        for n in sizes
+    ]
 
 
 def _block_params(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -103,14 +131,20 @@ def _manual_groups(model: nn.Module, el: dict[str, torch.Tensor]):
         hs = []
         for h in range(blk.attn.num_heads):
             rows, own = _head_slices(blk, h)
-            s = sum(el[p + "attn.qkv.weight"][r].sum() + el[p + "attn.qkv.bias"][r].sum() for r in rows)
+            s = sum(
+                el[p + "attn.qkv.weight"][r].sum() + el[p + "attn.qkv.bias"][r].sum() for r in rows
+            )
             s = s + el[p + "attn.proj.weight"][:, own].sum()
             if p + "attn.norm.weight" in el:  # scale_attn_norm: LayerNorm over attn_dim
                 s = s + el[p + "attn.norm.weight"][own].sum() + el[p + "attn.norm.bias"][own].sum()
             hs.append(s)
         ns = []
         for j in range(blk.mlp.fc1.out_features):
-            s = el[p + "mlp.fc1.weight"][j].sum() + el[p + "mlp.fc1.bias"][j] + el[p + "mlp.fc2.weight"][:, j].sum()
+            s = (
+                el[p + "mlp.fc1.weight"][j].sum()
+                + el[p + "mlp.fc1.bias"][j]
+                + el[p + "mlp.fc2.weight"][:, j].sum()
+            )
             if p + "mlp.norm.weight" in el:  # scale_mlp_norm: LayerNorm over the hidden units
                 s = s + el[p + "mlp.norm.weight"][j] + el[p + "mlp.norm.bias"][j]
             ns.append(s)
@@ -120,8 +154,13 @@ def _manual_groups(model: nn.Module, el: dict[str, torch.Tensor]):
     return heads, mlp, torch.stack(blocks)
 
 
-def _assert_groups(scores: SaliencyScores, model: nn.Module, el: dict[str, torch.Tensor],
-                   finalize=lambda t: t, rtol: float = 1e-6) -> None:
+def _assert_groups(
+    scores: SaliencyScores,
+    model: nn.Module,
+    el: dict[str, torch.Tensor],
+    finalize=lambda t: t,
+    rtol: float = 1e-6,
+) -> None:
     heads, mlp, blocks = _manual_groups(model, el)
     assert len(scores.heads) == len(scores.mlp) == len(model.blocks)
     for got, want in zip(scores.heads, heads):
@@ -184,10 +223,11 @@ def exact_hessians():
             d, o = {}, 0
             for n in names:
                 k = shapes[n].numel()
-                d[n] = flat[o:o + k].reshape(shapes[n])
+                d[n] = flat[o : o + k].reshape(shapes[n])
                 o += k
             out = functional_call(model, d, (x,))
             return F.cross_entropy(out, y, reduction="sum") / n_total
+
         return f
 
     # Note: torch.func.hessian (forward-over-reverse) gets the LayerNorm-weight rows wrong here
@@ -208,16 +248,23 @@ def exact_hessians():
             gm = torch.func.grad(total)(flat0 - e)[k]
             fd.append((gp - gm) / 2e-4)
     model.train()
-    return {"model": model, "batches": batches, "names": names, "per_batch": per_batch,
-            "fd_index": probe, "fd_diag": torch.stack(fd)}
+    return {
+        "model": model,
+        "batches": batches,
+        "names": names,
+        "per_batch": per_batch,
+        "fd_index": probe,
+        "fd_diag": torch.stack(fd),
+    }
 
 
 def test_exact_hessian_reference_is_sound(exact_hessians):
     H = sum(exact_hessians["per_batch"])
     assert H.shape == (464, 464)
     torch.testing.assert_close(H, H.T, rtol=0, atol=1e-10)
-    torch.testing.assert_close(H.diagonal()[exact_hessians["fd_index"]], exact_hessians["fd_diag"],
-                               rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(
+        H.diagonal()[exact_hessians["fd_index"]], exact_hessians["fd_diag"], rtol=1e-5, atol=1e-8
+    )
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +272,12 @@ def hutchinson_runs(exact_hessians):
     """Relative L2 error of the Hutchinson diagonal, and its predicted value, per probe count."""
     per_batch = exact_hessians["per_batch"]
     exact = sum(per_batch).diagonal()
-    var_one_probe = sum((Hb ** 2).sum() - (Hb.diagonal() ** 2).sum() for Hb in per_batch)
+    var_one_probe = sum((Hb**2).sum() - (Hb.diagonal() ** 2).sum() for Hb in per_batch)
     runs = {}
     for n in (16, 256, 4096):
-        est = hutchinson_hessian_diag(exact_hessians["model"], exact_hessians["batches"],
-                                      num_probes=n, seed=7)
+        est = hutchinson_hessian_diag(
+            exact_hessians["model"], exact_hessians["batches"], num_probes=n, seed=7
+        )
         err = ((_flat(est, exact_hessians["names"]) - exact).norm() / exact.norm()).item()
         pred = ((var_one_probe / n).sqrt() / exact.norm()).item()
         runs[n] = (err, pred)
@@ -291,9 +339,9 @@ def test_empirical_fisher_matches_per_sample_loop(chunk):
     model.eval()
     for x, y in batches:
         for i in range(len(y)):
-            loss = F.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+            loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
             for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
-                acc[n] += g ** 2
+                acc[n] += g**2
             count += 1
     model.train()
     got = empirical_fisher_diag(model, batches, chunk=chunk)
@@ -344,7 +392,7 @@ def test_magnitude_l1_and_l2_match_manual_slicing(kwargs):
     l1 = compute_scores(model, "magnitude_l1", None)
     _assert_groups(l1, model, {n: p.abs() for n, p in params.items()})
     l2 = compute_scores(model, "magnitude_l2", None)
-    _assert_groups(l2, model, {n: p ** 2 for n, p in params.items()}, finalize=torch.sqrt)
+    _assert_groups(l2, model, {n: p**2 for n, p in params.items()}, finalize=torch.sqrt)
     # direct form of the L2 of head 0: the norm of its q/k/v rows and proj columns together
     blk = model.blocks[0]
     rows, own = _head_slices(blk, 0)
@@ -389,11 +437,21 @@ def test_activation_matches_manual_hooks():
     hooks = []
     for n, m in model.named_modules():
         if n.startswith("blocks.") and isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(
-                lambda m, i, o, n=n: inputs.setdefault(n, []).append(i[0].reshape(-1, i[0].shape[-1]))))
+            hooks.append(
+                m.register_forward_hook(
+                    lambda m, i, o, n=n: inputs.setdefault(n, []).append(
+                        i[0].reshape(-1, i[0].shape[-1])
+                    )
+                )
+            )
     for b, blk in enumerate(model.blocks):
-        hooks.append(blk.register_forward_hook(
-            lambda m, i, o, b=b: rel.setdefault(b, []).append(((o - i[0]).norm(dim=-1) / i[0].norm(dim=-1)).reshape(-1))))
+        hooks.append(
+            blk.register_forward_hook(
+                lambda m, i, o, b=b: rel.setdefault(b, []).append(
+                    ((o - i[0]).norm(dim=-1) / i[0].norm(dim=-1)).reshape(-1)
+                )
+            )
+        )
     model.eval()
     with torch.no_grad():
         for x, _ in batches:
@@ -406,17 +464,20 @@ def test_activation_matches_manual_hooks():
     for i, blk in enumerate(model.blocks):
         H, d = blk.attn.num_heads, blk.attn.head_dim
         proj_in = torch.cat(inputs[f"blocks.{i}.attn.proj"])  # [samples * tokens, attn_dim]
-        want = torch.stack([proj_in[:, h * d:(h + 1) * d].abs().mean() for h in range(H)])
+        want = torch.stack([proj_in[:, h * d : (h + 1) * d].abs().mean() for h in range(H)])
         torch.testing.assert_close(s.heads[i].double(), want, rtol=1e-6, atol=0)
         fc2_in = torch.cat(inputs[f"blocks.{i}.mlp.fc2"])
         torch.testing.assert_close(s.mlp[i].double(), fc2_in.abs().mean(0), rtol=1e-6, atol=0)
-    torch.testing.assert_close(s.blocks.double(), torch.stack([torch.cat(rel[b]).mean() for b in rel]),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        s.blocks.double(), torch.stack([torch.cat(rel[b]).mean() for b in rel]), rtol=1e-6, atol=0
+    )
     for n, p in _block_params(model).items():  # Wanda-style |w_ij| * rms(x_j) for Linear weights
         mod = n.rsplit(".", 1)[0]
         if n.endswith(".weight") and mod in inputs:
             rms = torch.cat(inputs[mod]).pow(2).mean(0).sqrt()
-            torch.testing.assert_close(s.elements[n].double(), p.detach().abs() * rms, rtol=1e-6, atol=0)
+            torch.testing.assert_close(
+                s.elements[n].double(), p.detach().abs() * rms, rtol=1e-6, atol=0
+            )
         else:
             torch.testing.assert_close(s.elements[n], p.detach().abs())
     assert model.training
@@ -431,7 +492,9 @@ def test_random_is_deterministic_per_seed():
     a = get_saliency("random", seed=5).scores(model, [])
     b = get_saliency("random", seed=5).scores(model, [])
     c = get_saliency("random", seed=6).scores(model, [])
-    for x, y, z in zip(a.heads + a.mlp + [a.blocks], b.heads + b.mlp + [b.blocks], c.heads + c.mlp + [c.blocks]):
+    for x, y, z in zip(
+        a.heads + a.mlp + [a.blocks], b.heads + b.mlp + [b.blocks], c.heads + c.mlp + [c.blocks]
+    ):
         assert torch.equal(x, y)
         assert not torch.equal(x, z)
         assert ((x >= 0) & (x < 1)).all()
@@ -463,7 +526,9 @@ def test_unknown_criterion_raises_config_error():
     with pytest.raises(ConfigError, match="must have .name and .scores"):
         get_saliency(object())
     cls = type(get_saliency("magnitude_l2"))
-    with pytest.raises(ConfigError, match=rf"the class {cls.__name__}, not an instance; pass {cls.__name__}\(\)"):
+    with pytest.raises(
+        ConfigError, match=rf"the class {cls.__name__}, not an instance; pass {cls.__name__}\(\)"
+    ):
         get_saliency(cls)
 
 
@@ -471,6 +536,7 @@ def test_duplicate_registration_warns_and_the_later_wins(monkeypatch):
     monkeypatch.setattr(_saliency, "_REGISTRY", dict(_saliency._REGISTRY))
 
     with pytest.warns(UserWarning, match="'magnitude_l1' registered twice"):
+
         @register_saliency("magnitude_l1")
         class Shadow:
             def scores(self, model, batches=()):

@@ -108,9 +108,12 @@ def test_new_criterion_loaded_checked_and_pruning(tmp_path, fresh_plugins):
 
     model = tiny_model()
     batches = calibration_batches(model)
-    cfg = PruningConfig(TINY_SPEC, tuple(BlockConfig(head_threshold=0.7, mlp_threshold=0.7)
-                                         for _ in range(len(model.blocks))),
-                        criterion=NAME, width_mode="threshold")
+    cfg = PruningConfig(
+        TINY_SPEC,
+        tuple(BlockConfig(head_threshold=0.7, mlp_threshold=0.7) for _ in range(len(model.blocks))),
+        criterion=NAME,
+        width_mode="threshold",
+    )
     assert PruningConfig.from_json(cfg.to_json()) == cfg  # the name validates like a built-in
     pruned = prune(model, cfg, batches=batches)
     want = cfg.resolve(get_saliency(NAME).scores(model, batches))
@@ -128,10 +131,24 @@ def test_new_criterion_from_the_cli(tmp_path):
     path = write_plugin(tmp_path / "plugins")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    r = subprocess.run(cli("saliency", "--criterion", NAME, "--calib-samples", "16",
-                           "--batch-size", "16", "--device", "cpu"),
-                       cwd=elsewhere, env=cli_env(str(path)), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        cli(
+            "saliency",
+            "--criterion",
+            NAME,
+            "--calib-samples",
+            "16",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+        ),
+        cwd=elsewhere,
+        env=cli_env(str(path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert f"criterion {NAME} on 16 calibration images" in r.stdout
     assert len([ln for ln in r.stdout.splitlines() if ln[:1].isdigit()]) == 6  # digits_vit depth
@@ -141,8 +158,14 @@ def test_new_criterion_from_the_cli(tmp_path):
 def test_broken_plugin_is_a_one_line_cli_error(tmp_path):
     path = tmp_path / "broken.py"
     path.write_text("import prunetune_no_such_dependency\n")
-    r = subprocess.run(cli("info"), cwd=tmp_path, env=cli_env(str(path)), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        cli("info"),
+        cwd=tmp_path,
+        env=cli_env(str(path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prunetune: error: plug-in "), r.stderr

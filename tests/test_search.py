@@ -51,8 +51,7 @@ from prunetune.config import PruningConfig
 from prunetune.errors import ConfigError, InfeasibleConfigError, PrunetuneError
 from prunetune.evaluators import ShortKDProxy, estimate_cost, evaluate_accuracy
 from prunetune.models import ModelSpec, ViTArch
-from prunetune.search import SearchSettings, load_study, parse_budget, repair, search
-from prunetune.search import TrialRecord
+from prunetune.search import SearchSettings, TrialRecord, load_study, parse_budget, repair, search
 from prunetune.search._budget import cost_of, minimum_config
 from prunetune.spaces import PRESETS, Dim, build_space, load_space
 
@@ -61,29 +60,17 @@ ARCH = ViTArch.from_spec(SPEC)
 DENSE_MACS = estimate_cost(PruningConfig.dense(SPEC), ARCH).macs
 
 
-
 # --- helpers -------------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """The model is tiny: one thread is faster than two that wait on each other on a busy machine."""
+    """The model is tiny: one thread is faster than two that wait on each other on a busy
+    machine."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def check_readable(study: optuna.Study, n_trials: int, fraction: float = 0.5) -> None:
@@ -123,7 +110,9 @@ def check_readable(study: optuna.Study, n_trials: int, fraction: float = 0.5) ->
 
 
 def check_report(storage: str, study: str, out: Path, capsys, budget: str = "flops=50%") -> None:
-    code, stdout, err = run(["report", "--storage", storage, "--study", study, "--out", str(out)], capsys)
+    code, stdout, err = run(
+        ["report", "--storage", storage, "--study", study, "--out", str(out)], capsys
+    )
     assert code == 0, err
     assert "pareto.png" in stdout
     png = (out / "pareto.png").read_bytes()
@@ -135,12 +124,6 @@ def check_report(storage: str, study: str, out: Path, capsys, budget: str = "flo
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
     with_attrs = [t for t in load_study(storage, study).trials if "macs" in t.user_attrs]
     assert len(rows) == len(with_attrs) > 0
-
-
-
-
-
-
 
 
 # --- spaces --------------------------------------------------------------------------------
@@ -223,7 +206,9 @@ def test_presets_have_expected_dimensions():
     heads = {f"heads_{i}" for i in range(depth)}
     mlp = {f"mlp_{i}" for i in range(depth)}
     drops = {f"drop_{i}" for i in range(depth // 2, depth)}
-    tokens = {f"token_keep_{i}" for i in (2, 3, 4)} | {"token_mode"}  # about 1/4, 1/2, 3/4 of depth 6
+    tokens = {f"token_keep_{i}" for i in (2, 3, 4)} | {
+        "token_mode"
+    }  # about 1/4, 1/2, 3/4 of depth 6
     assert depth == 6
     expected = {
         "structured": {"criterion"} | heads | mlp | drops,
@@ -267,24 +252,29 @@ def test_yaml_file_overrides_bounds(tmp_path):
     assert set(ray_heads) == {2, 3, 4}
     # a token file keeps the preset's other defaults
     path2 = tmp_path / "tok.yml"
-    path2.write_text("preset: tokens\ntoken_keep: {low: 0.5, high: 0.9, step: 0.1}\ntoken_blocks: [1, 5]\n")
+    path2.write_text(
+        "preset: tokens\ntoken_keep: {low: 0.5, high: 0.9, step: 0.1}\ntoken_blocks: [1, 5]\n"
+    )
     space2 = load_space(SPEC, str(path2))
     assert set(space2.names) == {"criterion", "token_keep_1", "token_keep_5", "token_mode"}
     assert space2["token_keep_5"].values() == [0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("headz: {low: 1}\n", "unknown search-space keys"),
-    ("heads: {lo: 1, high: 3}\n", "mapping of low/high/step"),
-    ("heads: {low: 0, high: 3}\n", "heads.low"),
-    ("heads: {low: 2, high: 99}\n", "heads.high"),
-    ("mlp_ratio: {low: 0.1, high: 1.0, step: 0.07}\n", "multiple of step"),
-    ("token_blocks: [0]\n", "token_blocks"),
-    ("criteria: [nope]\n", "unknown criteria"),
-    ("preset: nope\n", "unknown preset"),
-    ("heads: [1, 2\n", "malformed YAML"),
-    ("- just\n- a list\n", "must hold a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("headz: {low: 1}\n", "unknown search-space keys"),
+        ("heads: {lo: 1, high: 3}\n", "mapping of low/high/step"),
+        ("heads: {low: 0, high: 3}\n", "heads.low"),
+        ("heads: {low: 2, high: 99}\n", "heads.high"),
+        ("mlp_ratio: {low: 0.1, high: 1.0, step: 0.07}\n", "multiple of step"),
+        ("token_blocks: [0]\n", "token_blocks"),
+        ("criteria: [nope]\n", "unknown criteria"),
+        ("preset: nope\n", "unknown preset"),
+        ("heads: [1, 2\n", "malformed YAML"),
+        ("- just\n- a list\n", "must hold a mapping"),
+    ],
+)
 def test_bad_space_files_raise_config_error(tmp_path, text, needle):
     path = tmp_path / "space.yaml"
     path.write_text(text)
@@ -307,8 +297,21 @@ def test_unknown_space_errors():
 
 def test_cli_unknown_space_is_one_line_and_touches_no_study(tmp_path, capsys):
     db = tmp_path / "s.db"
-    code, _, err = run(["search", "--budget", "flops=50%", "--space", "nope", "--storage", sqlite_url(db),
-                        "--study", "s", "--quiet"], capsys)
+    code, _, err = run(
+        [
+            "search",
+            "--budget",
+            "flops=50%",
+            "--space",
+            "nope",
+            "--storage",
+            sqlite_url(db),
+            "--study",
+            "s",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert_usage_error(code, err, "unknown preset 'nope'")
     assert not db.exists() or not optuna.get_all_study_summaries(sqlite_url(db))
 
@@ -321,7 +324,9 @@ def test_parse_budget_forms():
     assert (b.metric, b.limit, b.fraction) == ("macs", None, 0.5)
     assert b.resolve(DENSE_MACS).limit == pytest.approx(0.5 * DENSE_MACS)
     b = parse_budget("flops=0.2G")
-    assert (b.metric, b.fraction) == ("macs", None) and b.limit == pytest.approx(0.1e9)  # MACs = FLOPs / 2
+    assert (b.metric, b.fraction) == ("macs", None) and b.limit == pytest.approx(
+        0.1e9
+    )  # MACs = FLOPs / 2
     assert parse_budget("macs=100M").limit == pytest.approx(100e6)
     assert parse_budget("macs=30%").fraction == pytest.approx(0.3)
     b = parse_budget("params=3M")
@@ -334,8 +339,21 @@ def test_parse_budget_forms():
     assert "FLOPs" in parse_budget("flops=0.2G").describe()
 
 
-MALFORMED = ["flops", "flops=", "flops=abc", "flop=50%", "flops=150%", "flops=0%", "flops=0G", "flops=-1G",
-             "params=3ms", "latency=4G", "flops=50 %%", "macs=1e9", ""]
+MALFORMED = [
+    "flops",
+    "flops=",
+    "flops=abc",
+    "flop=50%",
+    "flops=150%",
+    "flops=0%",
+    "flops=0G",
+    "flops=-1G",
+    "params=3ms",
+    "latency=4G",
+    "flops=50 %%",
+    "macs=1e9",
+    "",
+]
 
 
 @pytest.mark.parametrize("text", MALFORMED)
@@ -346,8 +364,9 @@ def test_malformed_budget_raises(text):
 
 @pytest.mark.parametrize("text", ["flops=abc", "params=3ms", "flops=150%", "latency=4G"])
 def test_cli_malformed_budget_is_one_line(tmp_path, capsys, text):
-    code, out, err = run(["search", "--budget", text, "--storage", sqlite_url(tmp_path / "s.db"), "--quiet"],
-                         capsys)
+    code, out, err = run(
+        ["search", "--budget", text, "--storage", sqlite_url(tmp_path / "s.db"), "--quiet"], capsys
+    )
     assert_usage_error(code, err, text)
     assert out == "" and not (tmp_path / "s.db").exists()
     with pytest.raises(PrunetuneError, match="malformed|must be|above|unit|latency"):
@@ -396,8 +415,16 @@ def test_search_builds_no_config_over_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(search_mod, "prune", spy)
     # tier b (a short fine-tune) is not what this test is about; keep the search quick
     monkeypatch.setattr(ShortKDProxy, "score", lambda self, model: 0.5)
-    res = search("flops=30%", progress=False, **{**TINY, "n_trials": 6}, sampler="random", run_final=False,
-                 storage=sqlite_url(tmp_path / "b.db"), study="b", artifacts=str(tmp_path / "art"))
+    res = search(
+        "flops=30%",
+        progress=False,
+        **{**TINY, "n_trials": 6},
+        sampler="random",
+        run_final=False,
+        storage=sqlite_url(tmp_path / "b.db"),
+        study="b",
+        artifacts=str(tmp_path / "art"),
+    )
     limit = 0.3 * DENSE_MACS
     assert res.budget.limit == pytest.approx(limit)
     trials = res.study.get_trials()
@@ -416,10 +443,25 @@ def test_unreachable_budget_fails_before_any_trial(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(search_mod, "prune", never)
     url = sqlite_url(tmp_path / "low.db")
-    code, _, err = run(["search", "--budget", "flops=0.01%", "--storage", url, "--study", "low",
-                        "--n-trials", "3", *TINY_CLI], capsys)
+    code, _, err = run(
+        [
+            "search",
+            "--budget",
+            "flops=0.01%",
+            "--storage",
+            url,
+            "--study",
+            "low",
+            "--n-trials",
+            "3",
+            *TINY_CLI,
+        ],
+        capsys,
+    )
     assert_usage_error(code, err, "below what any configuration", "flops=0.01%")
-    assert not (tmp_path / "low.db").exists()  # a failed start leaves no storage, no study, no settings
+    assert not (
+        tmp_path / "low.db"
+    ).exists()  # a failed start leaves no storage, no study, no settings
 
 
 def test_tier_gate():
@@ -427,7 +469,9 @@ def test_tier_gate():
 
     assert gate_passes(-5.0, [], keep=0.5, warmup=0)  # nothing to compare with yet: passes
     earlier = [-4.0, -3.0, -2.0, -1.0]
-    assert gate_passes(-2.0, earlier, 0.5, 0) and not gate_passes(-2.5, earlier, 0.5, 0)  # better half
+    assert gate_passes(-2.0, earlier, 0.5, 0) and not gate_passes(
+        -2.5, earlier, 0.5, 0
+    )  # better half
     assert gate_passes(-9.0, earlier, 0.5, warmup=5)  # still warming up
     assert gate_passes(-9.0, earlier, 1.0, 0)  # keep=1: everything goes on
 
@@ -439,7 +483,13 @@ def test_tier_gate():
 def optuna_run(tmp_path_factory):
     """One tiny in-process search with a Pareto stage, shared by the tests that read a study."""
     d = tmp_path_factory.mktemp("optuna-study")
-    kw = {**TINY, "seed": 0, "storage": sqlite_url(d / "s.db"), "study": "opt", "artifacts": str(d / "art")}
+    kw = {
+        **TINY,
+        "seed": 0,
+        "storage": sqlite_url(d / "s.db"),
+        "study": "opt",
+        "artifacts": str(d / "art"),
+    }
     res = search("flops=50%", progress=False, backend="optuna", **kw)
     return {"dir": d, "kw": kw, "result": res}
 
@@ -474,15 +524,26 @@ def test_ray_backend_study_is_readable(tmp_path, capsys):
     space = load_space(SPEC, "hybrid")
     too_big = {f"drop_{i}": False for i in (3, 4, 5)} | {f"token_keep_{i}": 1.0 for i in (2, 3, 4)}
     fits = {f"drop_{i}": True for i in (3, 4, 5)} | {f"token_keep_{i}": 0.3 for i in (2, 3, 4)}
-    lowest = {n: cost_of(minimum_config(space.to_config(p), ARCH), ARCH, "macs") / DENSE_MACS
-              for n, p in (("too_big", too_big), ("fits", fits))}
+    lowest = {
+        n: cost_of(minimum_config(space.to_config(p), ARCH), ARCH, "macs") / DENSE_MACS
+        for n, p in (("too_big", too_big), ("fits", fits))
+    }
     assert lowest["fits"] < 0.05 < lowest["too_big"], lowest
     pre = optuna.create_study(storage=url, study_name="ray", directions=["maximize", "minimize"])
     pre.enqueue_trial(too_big)
     pre.enqueue_trial(fits)
 
-    res = search("flops=5%", progress=False, backend="ray", workers=2, **TINY, run_final=False,
-                 storage=url, study="ray", artifacts=str(tmp_path / "art"))
+    res = search(
+        "flops=5%",
+        progress=False,
+        backend="ray",
+        workers=2,
+        **TINY,
+        run_final=False,
+        storage=url,
+        study="ray",
+        artifacts=str(tmp_path / "art"),
+    )
     study = load_study(url, "ray")
     check_readable(study, TINY["n_trials"], fraction=0.05)
     first, second = study.trials[:2]
@@ -494,13 +555,20 @@ def test_ray_backend_study_is_readable(tmp_path, capsys):
 
 
 def test_seeded_searches_are_reproducible(optuna_run, tmp_path):
-    kw = {**optuna_run["kw"], "storage": sqlite_url(tmp_path / "again.db"), "artifacts": str(tmp_path / "art"),
-          "run_final": False}
+    kw = {
+        **optuna_run["kw"],
+        "storage": sqlite_url(tmp_path / "again.db"),
+        "artifacts": str(tmp_path / "art"),
+        "run_final": False,
+    }
     again = search("flops=50%", progress=False, **kw).study
     first = load_study(optuna_run["kw"]["storage"], optuna_run["kw"]["study"])
 
     def summary(study):
-        return [(t.number, t.state, t.params, t.values, t.user_attrs.get("config")) for t in study.trials]
+        return [
+            (t.number, t.state, t.params, t.values, t.user_attrs.get("config"))
+            for t in study.trials
+        ]
 
     assert summary(again) == summary(first)
 
@@ -509,8 +577,16 @@ def test_seeded_searches_are_reproducible(optuna_run, tmp_path):
 
 
 def test_grace_period_must_outlast_the_heartbeat(tmp_path):
-    with pytest.raises(PrunetuneError, match=r"grace_period=5 s would mark running trials dead.*more than 5 s"):
-        search("flops=50%", progress=False, **TINY, storage=sqlite_url(tmp_path / "g.db"), grace_period=5)
+    with pytest.raises(
+        PrunetuneError, match=r"grace_period=5 s would mark running trials dead.*more than 5 s"
+    ):
+        search(
+            "flops=50%",
+            progress=False,
+            **TINY,
+            storage=sqlite_url(tmp_path / "g.db"),
+            grace_period=5,
+        )
 
 
 def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
@@ -518,10 +594,26 @@ def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
     url = sqlite_url(db)
     n_trials = 3
     names = set(load_space(SPEC, "hybrid").names)
-    args = ["search", "--budget", "flops=50%", "--storage", url, "--study", "s", "--n-trials", str(n_trials),
-            *TINY_CLI, "--no-final"]
-    proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env())
+    args = [
+        "search",
+        "--budget",
+        "flops=50%",
+        "--storage",
+        url,
+        "--study",
+        "s",
+        "--n-trials",
+        str(n_trials),
+        *TINY_CLI,
+        "--no-final",
+    ]
+    proc = subprocess.Popen(
+        cli(*args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
 
     def running_trial():
         if not db.exists():
@@ -545,8 +637,16 @@ def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
 
     # restart in-process with a short grace period: the dead trial's heartbeat is stale by now
     time.sleep(6.5)
-    search("flops=50%", progress=False, **{**TINY, "n_trials": n_trials}, run_final=False, storage=url, study="s",
-           grace_period=6, artifacts=str(tmp_path / "art"))
+    search(
+        "flops=50%",
+        progress=False,
+        **{**TINY, "n_trials": n_trials},
+        run_final=False,
+        storage=url,
+        study="s",
+        grace_period=6,
+        artifacts=str(tmp_path / "art"),
+    )
     trials = load_study(url, "s").trials
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
@@ -561,15 +661,26 @@ def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
         if t.state in DONE:
             assert by_number[n].state == t.state and by_number[n].values == t.values
 
-    code, _, err = run(["search", "--budget", "flops=40%", "--storage", url, "--study", "s",
-                        "--n-trials", str(n_trials), *TINY_CLI], capsys)
+    code, _, err = run(
+        [
+            "search",
+            "--budget",
+            "flops=40%",
+            "--storage",
+            url,
+            "--study",
+            "s",
+            "--n-trials",
+            str(n_trials),
+            *TINY_CLI,
+        ],
+        capsys,
+    )
     assert_usage_error(code, err, "budget='flops=50%'", "budget='flops=40%'", "--study")
     assert len(load_study(url, "s").trials) == len(trials)
 
 
 # --- shared PostgreSQL study ---------------------------------------------------------------
-
-
 
 
 def test_two_workers_share_a_postgres_study(tmp_path):
@@ -578,13 +689,34 @@ def test_two_workers_share_a_postgres_study(tmp_path):
         pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({why})")
     name = f"prunetune-test-{uuid.uuid4().hex[:12]}"
     n_trials = 4
-    args = ["search", "--budget", "flops=50%", "--storage", PG_URL, "--study", name,
-            "--n-trials", str(n_trials), *TINY_CLI, "--front-max", "1", "--artifacts", str(tmp_path / "art")]
+    args = [
+        "search",
+        "--budget",
+        "flops=50%",
+        "--storage",
+        PG_URL,
+        "--study",
+        name,
+        "--n-trials",
+        str(n_trials),
+        *TINY_CLI,
+        "--front-max",
+        "1",
+        "--artifacts",
+        str(tmp_path / "art"),
+    ]
     procs = []
     try:
         for extra in ([], ["--no-final"]):
-            procs.append(subprocess.Popen(cli(*args, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=subprocess_env()))
+            procs.append(
+                subprocess.Popen(
+                    cli(*args, *extra),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=subprocess_env(),
+                )
+            )
         for p in procs:
             out, err = p.communicate(timeout=400)
             assert p.returncode == 0, err[-3000:]
@@ -597,9 +729,13 @@ def test_two_workers_share_a_postgres_study(tmp_path):
         assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == n_trials  # a study total
         assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0
         # two workers with the same --seed must not draw the same candidates
-        keys = Counter(json.dumps(t.params, sort_keys=True) for t in trials if retried_from(t) is None)
+        keys = Counter(
+            json.dumps(t.params, sort_keys=True) for t in trials if retried_from(t) is None
+        )
         assert max(keys.values()) == 1, [k for k, v in keys.items() if v > 1]
-        assert any(k.startswith("final_") for k in study.user_attrs)  # the worker without --no-final
+        assert any(
+            k.startswith("final_") for k in study.user_attrs
+        )  # the worker without --no-final
     finally:
         for p in procs:
             stop(p)
@@ -621,9 +757,16 @@ def _free_port() -> int:
 def test_dashboard_serves_the_study(optuna_run, capsys):
     url, name = optuna_run["kw"]["storage"], optuna_run["kw"]["study"]
     port = _free_port()
-    proc = subprocess.Popen(cli("dashboard", "--storage", url, "--study", name, "--port", str(port)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env())
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never via a proxy
+    proc = subprocess.Popen(
+        cli("dashboard", "--storage", url, "--study", name, "--port", str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({})
+    )  # loopback, never via a proxy
 
     def studies():
         try:
@@ -641,14 +784,18 @@ def test_dashboard_serves_the_study(optuna_run, capsys):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             stop(proc)
-    code, _, err = run(["dashboard", "--storage", url, "--study", "nope", "--port", str(port)], capsys)
+    code, _, err = run(
+        ["dashboard", "--storage", url, "--study", "nope", "--port", str(port)], capsys
+    )
     assert_usage_error(code, err, "no study named 'nope'", "'opt'")
 
 
 # --- export --------------------------------------------------------------------------------
 
 
-def test_export_round_trip_reproduces_the_model(optuna_run, tmp_path, capsys, monkeypatch, digits_base):
+def test_export_round_trip_reproduces_the_model(
+    optuna_run, tmp_path, capsys, monkeypatch, digits_base
+):
     url, name = optuna_run["kw"]["storage"], optuna_run["kw"]["study"]
     d, e = tmp_path / "best", tmp_path / "repro"
     code, out, err = run(["export", "--storage", url, "--study", name, "--out", str(d)], capsys)
@@ -660,7 +807,11 @@ def test_export_round_trip_reproduces_the_model(optuna_run, tmp_path, capsys, mo
     assert info["trial"] == best.number and info["macs"] == best.user_attrs["macs"]
     assert info["final"] is not None and info["weights"].startswith("fine-tuned")
     assert info["macs"] <= info["budget"]["limit"]
-    printed = [line.removeprefix("reproduce: ") for line in out.splitlines() if line.startswith("reproduce: ")]
+    printed = [
+        line.removeprefix("reproduce: ")
+        for line in out.splitlines()
+        if line.startswith("reproduce: ")
+    ]
     assert printed == [info["reproduce"]]
 
     exported = load_pruned(d).eval()
@@ -693,7 +844,9 @@ def test_export_over_an_export_replaces_it_whole(optuna_run, tmp_path, capsys):
     code, _, err = run([*argv, "--overwrite"], capsys)
     assert code == 0, err
     again = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
-    assert again.pop(Path("notes.txt")) == b"the user's own file"  # entries we do not write are kept
+    assert (
+        again.pop(Path("notes.txt")) == b"the user's own file"
+    )  # entries we do not write are kept
     assert again == first  # front/ replaced as a whole: no stale member left
     modes = {p.name: p.stat().st_mode & 0o777 for p in d.rglob("*") if p.is_file()}
     assert set(modes.values()) == {0o666 & ~_umask()}, modes
@@ -708,26 +861,44 @@ def _umask() -> int:
 
 def test_export_without_a_result_is_one_line(tmp_path, capsys):
     url = sqlite_url(tmp_path / "empty.db")
-    study = optuna.create_study(storage=url, study_name="empty", directions=["maximize", "minimize"])
-    code, _, err = run(["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x")], capsys)
+    study = optuna.create_study(
+        storage=url, study_name="empty", directions=["maximize", "minimize"]
+    )
+    code, _, err = run(
+        ["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x")], capsys
+    )
     assert_usage_error(code, err, "not made by prunetune search")
     study.set_user_attr("settings", asdict(SearchSettings(storage=url, study="empty")))
-    code, _, err = run(["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = run(
+        ["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x")], capsys
+    )
     assert_usage_error(code, err, "is not finished", "0 of 24 trials finished", "--partial")
-    code, _, err = run(["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x"), "--partial"],
-                       capsys)
+    code, _, err = run(
+        ["export", "--storage", url, "--study", "empty", "--out", str(tmp_path / "x"), "--partial"],
+        capsys,
+    )
     assert_usage_error(code, err, "no completed under-budget trial")
-    code, _, err = run(["export", "--storage", url, "--study", "other", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = run(
+        ["export", "--storage", url, "--study", "other", "--out", str(tmp_path / "x")], capsys
+    )
     assert_usage_error(code, err, "no study named 'other'", "'empty'")
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("url,needle", [
-    ("postgresql://postgres@127.0.0.1:1/test", "cannot open storage"),
-    ("not-a-url", "is not a URL"),
-])
+@pytest.mark.parametrize(
+    "url,needle",
+    [
+        ("postgresql://postgres@127.0.0.1:1/test", "cannot open storage"),
+        ("not-a-url", "is not a URL"),
+    ],
+)
 def test_unreachable_storage_is_a_usage_error(tmp_path, capsys, url, needle):
 
     code = main(["search", "--budget", "flops=50%", "--storage", url, "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
+    assert (
+        code == 2
+        and len(err.strip().splitlines()) == 1
+        and needle in err
+        and "Traceback" not in err
+    )

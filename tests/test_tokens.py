@@ -27,10 +27,23 @@ from prunetune.registry import TOKEN_MODES as MODE_REGISTRY
 
 SPECS = [
     ModelSpec("digits_vit"),
-    ModelSpec("deit_tiny_distilled_patch16_224", {"img_size": 32, "patch_size": 4}),  # 2 prefix tokens
-    ModelSpec("deit3_small_patch16_224", {"img_size": 32, "patch_size": 4, "num_classes": 7}),  # LayerScale
-    ModelSpec("vit_custom", {"img_size": 16, "patch_size": 2, "embed_dim": 32, "depth": 4, "num_heads": 4,
-                             "qk_norm": True, "num_classes": 5}),  # QK-norm
+    # 2 prefix tokens
+    ModelSpec("deit_tiny_distilled_patch16_224", {"img_size": 32, "patch_size": 4}),
+    # LayerScale
+    ModelSpec("deit3_small_patch16_224", {"img_size": 32, "patch_size": 4, "num_classes": 7}),
+    # QK-norm
+    ModelSpec(
+        "vit_custom",
+        {
+            "img_size": 16,
+            "patch_size": 2,
+            "embed_dim": 32,
+            "depth": 4,
+            "num_heads": 4,
+            "qk_norm": True,
+            "num_classes": 5,
+        },
+    ),
 ]
 
 
@@ -89,7 +102,9 @@ def test_keep_rate_one_is_dense(spec, mode):
     m = _model(spec)
     x = torch.randn(3, *_shape(m))
     depth = len(m.blocks)
-    ones = PruningConfig(spec, tuple(BlockConfig(token_keep=1.0) for _ in range(depth)), token_mode=mode)
+    ones = PruningConfig(
+        spec, tuple(BlockConfig(token_keep=1.0) for _ in range(depth)), token_mode=mode
+    )
     assert torch.allclose(prune(m, ones)(x), m(x), atol=1e-5)
     # token blocks installed but reducing nothing (⌈0.999·P⌉ = P) still match the dense model
     near = ones.with_block(1, token_keep=0.999)
@@ -121,8 +136,11 @@ def test_attentive_keeps_top_class_attention_tokens(fuse):
     spec = SPECS[0]
     m = _model(spec)
     x = torch.randn(2, *_shape(m))
-    cfg = PruningConfig.dense(spec).with_block(3, token_keep=0.5).replace(
-        token_mode="attentive_fuse" if fuse else "attentive")
+    cfg = (
+        PruningConfig.dense(spec)
+        .with_block(3, token_keep=0.5)
+        .replace(token_mode="attentive_fuse" if fuse else "attentive")
+    )
     out = prune(m, cfg).forward_features(x)
 
     cls_attn = _cls_attention(m, x, 2)[:, 1:]
@@ -174,7 +192,8 @@ def test_merge_uses_proportional_attention():
     p(torch.randn(2, *_shape(m)))
     bias = seen["attn_mask"]
     assert bias.shape == (2, 1, 1, 1 + 32)
-    assert torch.allclose(bias.exp().sum(-1), torch.full((2, 1, 1), 65.0))  # sizes sum to all tokens
+    # sizes sum to all tokens
+    assert torch.allclose(bias.exp().sum(-1), torch.full((2, 1, 1), 65.0))
 
 
 def test_learned_ratio_loss_trains_predictor_toward_rate():
@@ -203,7 +222,9 @@ def test_learned_ratio_loss_trains_predictor_toward_rate():
 def test_saliency_and_finetune_work_on_token_models(digits_base):
     calib = digits_base.calibration(32, 16)
     for mode in TOKEN_MODES:
-        cfg = PruningConfig.dense("digits_vit").with_block(2, token_keep=0.5).replace(token_mode=mode)
+        cfg = (
+            PruningConfig.dense("digits_vit").with_block(2, token_keep=0.5).replace(token_mode=mode)
+        )
         p = prune(digits_base.model, cfg)
         for crit in ("taylor", "fisher", "hessian", "activation"):
             s = compute_scores(p, crit, calib, **({"num_probes": 2} if crit == "hessian" else {}))
@@ -218,10 +239,13 @@ def test_token_config_rules():
         dense.with_block(0, token_keep=0.5)
     with pytest.raises(ConfigError, match=r"first kept block \(1\) must have token_keep=1"):
         dense.with_block(0, keep=False).with_block(1, token_keep=0.5)
-    dense.replace(token_mode="learned").with_block(0, token_keep=0.5)  # a predictor needs no attention
+    # a predictor needs no attention
+    dense.replace(token_mode="learned").with_block(0, token_keep=0.5)
     with pytest.raises(ConfigError, match="dropped .* token_keep"):
         dense.with_block(3, keep=False, token_keep=0.5)
-    with pytest.raises(ConfigError, match=r"`token_mode in \(.*\)` must hold, but got token_mode='tome'"):
+    with pytest.raises(
+        ConfigError, match=r"`token_mode in \(.*\)` must hold, but got token_mode='tome'"
+    ):
         dense.replace(token_mode="tome")
     v1 = {"schema_version": 1, "model": "digits_vit", "blocks": [{}] * 6}
     cfg = PruningConfig.from_dict(v1)
@@ -240,8 +264,19 @@ def test_timm_version_in_tested_range():
 
 
 def test_attentive_modes_need_a_class_token():
-    spec = ModelSpec("vit_custom", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 3, "num_heads": 2,
-                                    "class_token": False, "global_pool": "avg", "num_classes": 3})
+    spec = ModelSpec(
+        "vit_custom",
+        {
+            "img_size": 16,
+            "patch_size": 4,
+            "embed_dim": 32,
+            "depth": 3,
+            "num_heads": 2,
+            "class_token": False,
+            "global_pool": "avg",
+            "num_classes": 3,
+        },
+    )
     m = _model(spec)
     for mode in ("attentive", "attentive_fuse"):
         cfg = PruningConfig.dense(spec).replace(token_mode=mode).with_block(1, token_keep=0.5)

@@ -12,7 +12,8 @@ _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # uses one when it exists, but a driver joining with --address sends it only in token mode, and
 # ray reads the mode once, on import. An explicit RAY_AUTH_MODE (e.g. disabled) is kept.
 if "RAY_AUTH_MODE" not in _os.environ and (
-    _os.environ.get("RAY_AUTH_TOKEN") or _os.environ.get("RAY_AUTH_TOKEN_PATH")
+    _os.environ.get("RAY_AUTH_TOKEN")
+    or _os.environ.get("RAY_AUTH_TOKEN_PATH")
     or _os.path.isfile(_os.path.join(_os.path.expanduser("~"), ".ray", "auth_token"))
 ):
     _os.environ["RAY_AUTH_MODE"] = "token"
@@ -33,6 +34,7 @@ from .errors import (
 )
 from .evaluators import estimate_cost, evaluate_accuracy, format_macs, measure_latency, measure_macs
 from .models import ModelSpec, ViTArch, build_model
+from .plugins import load_plugins
 from .pruners import (
     compute_scores,
     get_saliency,
@@ -42,7 +44,6 @@ from .pruners import (
     register_pruner,
     register_saliency,
 )
-from .plugins import load_plugins
 from .registry import Registry
 from .search import SearchResult, SearchSettings, TierSpec
 

@@ -66,12 +66,13 @@ _MANIFEST = ".swap-manifest"
 
 
 def _leftovers(out: Path) -> dict[str, dict[str, Path]]:
-    """Temporary folders of ``out`` whose writer is dead, by writer tag: ``{"tmp": ..., "old": ...}``."""
+    """Temporary folders of ``out`` whose writer is dead, by writer tag:
+    ``{"tmp": ..., "old": ...}``."""
     found: dict[str, dict[str, Path]] = {}
     if not out.parent.is_dir():
         return found
     for p in out.parent.glob(f".{out.name}.*"):
-        parts = p.name[len(out.name) + 2:].split(".")
+        parts = p.name[len(out.name) + 2 :].split(".")
         if len(parts) == 3 and parts[2] in ("tmp", "old") and parts[0].isdigit() and p.is_dir():
             if not _alive(int(parts[0])) or int(parts[0]) == os.getpid():
                 found.setdefault(f"{parts[0]}.{parts[1]}", {})[parts[2]] = p
@@ -128,8 +129,10 @@ def prepare_out(out: str | Path, overwrite: bool = False, what: str = "output fo
                 where = "is a file" if parent == out else f"lies under {parent}, which is a file"
                 raise PrunetuneError(f"{what} {out} {where}; choose a folder with --out")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise PrunetuneError(f"{what} {out} is not writable ({parent} is read-only for this user); "
-                                     f"choose another --out")
+                raise PrunetuneError(
+                    f"{what} {out} is not writable ({parent} is read-only for this user); "
+                    f"choose another --out"
+                )
             break
     if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not overwrite:
         raise PrunetuneError(f"{what} {out} is not empty; pass --overwrite or choose another --out")
@@ -153,7 +156,9 @@ def atomic_dir(out: str | Path):
         tmp = out.parent / f"{tag}.tmp"
         tmp.mkdir()
     except OSError as e:
-        raise PrunetuneError(f"cannot write to {out}: {e.strerror or e}; choose another --out") from None
+        raise PrunetuneError(
+            f"cannot write to {out}: {e.strerror or e}; choose another --out"
+        ) from None
     old = out.parent / f"{tag}.old"
     try:
         yield tmp
@@ -196,8 +201,10 @@ def read_mapping(path: Path, what: str) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{what} file {path} is not UTF-8 text (byte {e.start} cannot be "
-                          f"decoded); pass a {kind} file") from None
+        raise ConfigError(
+            f"{what} file {path} is not UTF-8 text (byte {e.start} cannot be "
+            f"decoded); pass a {kind} file"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
     if not text.strip():

@@ -58,13 +58,27 @@ class PruneRun:
         return {"config": self.config.to_dict(), "device": self.device, **self.stages}
 
 
-def apply_config(config: PruningConfig, spec: ModelSpec | None = None, checkpoint: str | None = None,
-                 data: str | None = None, *, download: bool = False, data_root: str | None = None,
-                 device: str | None = None, calib_samples: int = 256, batch_size: int = 64,
-                 finetune_epochs: float = 0.0, lr: float = 5e-4, seed: int = 0,
-                 latency_batch: int | None = 64, threads: int | None = None,
-                 out: str | Path | None = None, progress: bool = True,
-                 announce: Callable[[str], None] | None = None, **preprocessing) -> PruneRun:
+def apply_config(
+    config: PruningConfig,
+    spec: ModelSpec | None = None,
+    checkpoint: str | None = None,
+    data: str | None = None,
+    *,
+    download: bool = False,
+    data_root: str | None = None,
+    device: str | None = None,
+    calib_samples: int = 256,
+    batch_size: int = 64,
+    finetune_epochs: float = 0.0,
+    lr: float = 5e-4,
+    seed: int = 0,
+    latency_batch: int | None = 64,
+    threads: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+    **preprocessing,
+) -> PruneRun:
     """Applies ``config`` to its base model, optionally fine-tunes with distillation, measures.
 
     The recipe is the Pareto stage's (``prunetune export`` prints the matching command):
@@ -78,8 +92,9 @@ def apply_config(config: PruningConfig, spec: ModelSpec | None = None, checkpoin
             for the search.
     """
     spec = spec or config.model
-    base = _session.load_base(spec, checkpoint, data, download, data_root, device,
-                              announce=announce, **preprocessing)
+    base = _session.load_base(
+        spec, checkpoint, data, download, data_root, device, announce=announce, **preprocessing
+    )
     config.check_fits(base.arch)
     calib = base.calibration(calib_samples, batch_size, seed)
     pruned = prune(base.model, config, calib)
@@ -88,8 +103,16 @@ def apply_config(config: PruningConfig, spec: ModelSpec | None = None, checkpoin
     stages = [("dense", base.model, PruningConfig.dense(spec))]
     if finetune_epochs > 0:
         stages.append(("pruned", copy.deepcopy(pruned), resolved))
-        finetune(pruned, base.data.train, teacher=base.model, epochs=finetune_epochs, lr=lr,
-                 batch_size=batch_size, seed=seed, progress=progress)
+        finetune(
+            pruned,
+            base.data.train,
+            teacher=base.model,
+            epochs=finetune_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
         stages.append((f"+KD {finetune_epochs:g} ep", pruned, resolved))
     else:
         stages.append(("pruned", pruned, resolved))
@@ -97,10 +120,15 @@ def apply_config(config: PruningConfig, spec: ModelSpec | None = None, checkpoin
     for name, model, cfg in stages:
         cost = estimate_cost(cfg, base.arch)
         params, nonzero = count_params(model)
-        lat = (None if latency_batch is None
-               else measure_latency(model, base.input_shape, latency_batch, threads=threads))
+        lat = (
+            None
+            if latency_batch is None
+            else measure_latency(model, base.input_shape, latency_batch, threads=threads)
+        )
         run.stages[name] = {
-            "macs": cost.macs, "params": params, "nonzero_params": nonzero,
+            "macs": cost.macs,
+            "params": params,
+            "nonzero_params": nonzero,
             "latency_ms": None if lat is None else lat.median_ms,
             "latency_p10_ms": None if lat is None else lat.p10_ms,
             "latency_p90_ms": None if lat is None else lat.p90_ms,

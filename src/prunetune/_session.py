@@ -30,7 +30,9 @@ def resolve_device(device: str | None = None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise PrunetuneError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PrunetuneError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise PrunetuneError(
+            f"device {device!r} requested but CUDA is not available; use --device cpu"
+        )
     return dev
 
 
@@ -53,13 +55,17 @@ class Loaded:
 
     def calibration(self, num_samples: int = 256, batch_size: int = 64, seed: int = 0) -> list:
         if self.data is None:
-            raise PrunetuneError("this needs data: pass --data (an ImageFolder directory or a torchvision name)")
+            raise PrunetuneError(
+                "this needs data: pass --data (an ImageFolder directory or a torchvision name)"
+            )
         return calibration_batches(self.data.train, num_samples, batch_size, seed)
 
     def val_batches(self, batch_size: int = 256) -> list:
         """The validation split as batches, read and transformed once per batch size."""
         if self.data is None:
-            raise PrunetuneError("this needs data: pass --data (an ImageFolder directory or a torchvision name)")
+            raise PrunetuneError(
+                "this needs data: pass --data (an ImageFolder directory or a torchvision name)"
+            )
         if batch_size not in self._val:
             self._val[batch_size] = list(make_loader(self.data.val, batch_size))
         return self._val[batch_size]
@@ -78,14 +84,28 @@ class Preprocessing:
         if c.get("builtin"):
             return f"preprocessing: {c['builtin']} ({self.source})"
         side = c["input_size"][-1]
-        crop = f"centre crop {side} of a resize to {int(side / c['crop_pct'])}" if c["crop_pct"] < 1 else f"resize to {side}"
+        crop = (
+            f"centre crop {side} of a resize to {int(side / c['crop_pct'])}"
+            if c["crop_pct"] < 1
+            else f"resize to {side}"
+        )
         fmt = lambda v: "(" + ", ".join(f"{x:g}" for x in v) + ")"  # noqa: E731
-        return (f"preprocessing: {crop} ({c['interpolation']}), {'grey, ' if self.in_chans == 1 else ''}"
-                f"mean {fmt(c['mean'])}, std {fmt(c['std'])} ({self.source})")
+        return (
+            f"preprocessing: {crop} ({c['interpolation']}), "
+            f"{'grey, ' if self.in_chans == 1 else ''}"
+            f"mean {fmt(c['mean'])}, std {fmt(c['std'])} ({self.source})"
+        )
 
 
-def resolve_preprocessing(model: nn.Module, spec: ModelSpec, in_chans: int, mean=None, std=None,
-                          interpolation: str | None = None, crop_pct: float | None = None) -> Preprocessing:
+def resolve_preprocessing(
+    model: nn.Module,
+    spec: ModelSpec,
+    in_chans: int,
+    mean=None,
+    std=None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> Preprocessing:
     """The model's eval preprocessing: flags over its ``pretrained_cfg`` (a model file's or timm's).
 
     Raises:
@@ -98,10 +118,21 @@ def resolve_preprocessing(model: nn.Module, spec: ModelSpec, in_chans: int, mean
         raise PrunetuneError("--mean and --std go together; pass both")
     if mean is None and not known:
         raise PrunetuneError(
-            f"model {spec.name} has no known normalisation: pass --mean and --std (e.g. --mean 0.5 --std 0.5 "
-            f"for (x - 0.5) / 0.5), or add \"pretrained_cfg\": {{\"mean\": [...], \"std\": [...]}} to its model file")
-    args = {k: v for k, v in {"mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}.items()
-            if v is not None}
+            f"model {spec.name} has no known normalisation: pass --mean and --std (e.g. --mean "
+            f"0.5 --std 0.5 "
+            f'for (x - 0.5) / 0.5), or add "pretrained_cfg": {{"mean": [...], "std": [...]}} to '
+            f"its model file"
+        )
+    args = {
+        k: v
+        for k, v in {
+            "mean": mean,
+            "std": std,
+            "interpolation": interpolation,
+            "crop_pct": crop_pct,
+        }.items()
+        if v is not None
+    }
     if "crop_pct" not in cfg and "crop_pct" not in args:
         args["crop_pct"] = 1.0  # no pretrained recipe: resize to the input size, crop nothing
     side = model.patch_embed.img_size
@@ -114,19 +145,33 @@ def resolve_preprocessing(model: nn.Module, spec: ModelSpec, in_chans: int, mean
         if len(v) == 1 and in_chans > 1:
             v = v * in_chans
         if len(v) != in_chans:
-            raise PrunetuneError(f"--{key} has {len(v)} values but model {spec.name} takes {in_chans} channels; "
-                                 f"give {in_chans} values (or one for all)")
+            raise PrunetuneError(
+                f"--{key} has {len(v)} values but model {spec.name} takes {in_chans} channels; "
+                f"give {in_chans} values (or one for all)"
+            )
         data_config[key] = v
-    source = "flags" if mean is not None else ("model file" if spec.pretrained_cfg.get("mean") else
-                                               f"{spec.name}'s pretrained_cfg")
+    source = (
+        "flags"
+        if mean is not None
+        else ("model file" if spec.pretrained_cfg.get("mean") else f"{spec.name}'s pretrained_cfg")
+    )
     return Preprocessing(data_config, in_chans, source)
 
 
-def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str | None = None,
-              download: bool = False, data_root: str | None = None, device: str | None = None,
-              mean=None, std=None, interpolation: str | None = None,
-              crop_pct: float | None = None, announce: Callable[[str], None] | None = None,
-              check_dense: bool = True) -> Loaded:
+def load_base(
+    spec: ModelSpec,
+    checkpoint: str | Path | None = None,
+    data: str | None = None,
+    download: bool = False,
+    data_root: str | None = None,
+    device: str | None = None,
+    mean=None,
+    std=None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+    announce: Callable[[str], None] | None = None,
+    check_dense: bool = True,
+) -> Loaded:
     """Builds the base model, loads its weights and its data, and scores the dense model.
 
     The embedded default loads its shipped weights and the digits; any other model needs a
@@ -145,18 +190,30 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
 
         checkpoint = DEFAULT_WEIGHTS
     if checkpoint is None:
-        raise CheckpointError(f"--checkpoint is required for model {spec.name} (prunetune never downloads weights)")
+        raise CheckpointError(
+            f"--checkpoint is required for model {spec.name} (prunetune never downloads weights)"
+        )
     load_weights(model, checkpoint)
     model.to(dev).eval()
     arch = ViTArch.from_model(model)
     if data is None and spec.name != DEFAULT_MODEL:
-        raise PrunetuneError(f"--data is required for model {spec.name}; the digits default fits only digits_vit")
+        raise PrunetuneError(
+            f"--data is required for model {spec.name}; the digits default fits only digits_vit"
+        )
     # the data's own checks (missing folders, classes) come first, then the preprocessing
-    splits = load_data(data, img_size=model.patch_embed.img_size[0], in_chans=arch.in_chans,
-                       download=download, root=data_root)
+    splits = load_data(
+        data,
+        img_size=model.patch_embed.img_size[0],
+        in_chans=arch.in_chans,
+        download=download,
+        root=data_root,
+    )
     if data in (None, "digits"):
-        pre = Preprocessing({"builtin": "scikit-learn digits, 8x8 upsampled, (x - 0.5) / 0.5"}, arch.in_chans,
-                            "built in")
+        pre = Preprocessing(
+            {"builtin": "scikit-learn digits, 8x8 upsampled, (x - 0.5) / 0.5"},
+            arch.in_chans,
+            "built in",
+        )
     else:
         pre = resolve_preprocessing(model, spec, arch.in_chans, mean, std, interpolation, crop_pct)
         transform = image_transform(pre.data_config, arch.in_chans)
@@ -177,11 +234,17 @@ def load_base(spec: ModelSpec, checkpoint: str | Path | None = None, data: str |
     classes = splits.num_classes or arch.num_classes
     if announce is not None:
         test = "" if splits.test is not None else "; no test split"
-        announce(f"{pre.describe()}; dense val accuracy {100 * dense:.2f} % on {len(splits.val)} images "
-                 f"(chance {100 / classes:.1f} %){test}")
+        announce(
+            f"{pre.describe()}; dense val accuracy {100 * dense:.2f} % on {len(splits.val)} images "
+            f"(chance {100 / classes:.1f} %){test}"
+        )
     if check_dense and classes > 1 and dense <= 1 / classes + 0.05:
         raise PrunetuneError(
-            f"the dense model scores {100 * dense:.2f} % on val, within 5 points of chance ({100 / classes:.1f} %): "
-            f"check the normalisation ({pre.describe().removeprefix('preprocessing: ')}), the channels and "
-            f"the class order (class folders are read in sorted order); --skip-dense-check runs anyway")
+            f"the dense model scores {100 * dense:.2f} % on val, within 5 points of chance "
+            f"({100 / classes:.1f} %): "
+            f"check the normalisation ({pre.describe().removeprefix('preprocessing: ')}), the "
+            f"channels and "
+            f"the class order (class folders are read in sorted order); --skip-dense-check runs "
+            f"anyway"
+        )
     return loaded

@@ -37,7 +37,9 @@ class _Parser(argparse.ArgumentParser):
 def _table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    fmt = lambda r: "  ".join(  # noqa: E731
+        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+    )
     lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
 
@@ -49,29 +51,64 @@ def _m(x: int) -> str:
 def _add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     from .models import INTERPOLATIONS
 
-    p.add_argument("--model", help="timm model name or a JSON/YAML model file (default: embedded digits_vit)")
-    p.add_argument("--checkpoint", help="weights file: .safetensors or .pth (loaded with weights_only)")
+    p.add_argument(
+        "--model", help="timm model name or a JSON/YAML model file (default: embedded digits_vit)"
+    )
+    p.add_argument(
+        "--checkpoint", help="weights file: .safetensors or .pth (loaded with weights_only)"
+    )
     if data:
-        p.add_argument("--data", help="ImageFolder directory with train/ and val/, or a torchvision data set name")
-        p.add_argument("--download", action="store_true", help="allow downloading a torchvision data set")
+        p.add_argument(
+            "--data",
+            help="ImageFolder directory with train/ and val/, or a torchvision data set name",
+        )
+        p.add_argument(
+            "--download", action="store_true", help="allow downloading a torchvision data set"
+        )
         p.add_argument("--data-root", help="where torchvision data sets live")
-        p.add_argument("--mean", nargs="+", type=_finite_float, metavar="M",
-                       help="normalisation mean per channel (default: the model's pretrained_cfg)")
-        p.add_argument("--std", nargs="+", type=_std_value, metavar="S",
-                       help="normalisation std per channel (default: the model's pretrained_cfg)")
-        p.add_argument("--interpolation", choices=INTERPOLATIONS,
-                       help="resize interpolation (default: the model's pretrained_cfg, else bicubic)")
-        p.add_argument("--crop-pct", type=_float_type(0.0, 1.0, low_open=True), metavar="F",
-                       help="centre-crop fraction (default: the model's pretrained_cfg, else 1: no crop)")
-        p.add_argument("--skip-dense-check", action="store_true",
-                       help="run even when the dense model scores within 5 points of chance on val")
-    p.add_argument("--device", default="auto", type=_device,
-                   help="auto (CUDA if available), cpu, cuda, cuda:N")
+        p.add_argument(
+            "--mean",
+            nargs="+",
+            type=_finite_float,
+            metavar="M",
+            help="normalisation mean per channel (default: the model's pretrained_cfg)",
+        )
+        p.add_argument(
+            "--std",
+            nargs="+",
+            type=_std_value,
+            metavar="S",
+            help="normalisation std per channel (default: the model's pretrained_cfg)",
+        )
+        p.add_argument(
+            "--interpolation",
+            choices=INTERPOLATIONS,
+            help="resize interpolation (default: the model's pretrained_cfg, else bicubic)",
+        )
+        p.add_argument(
+            "--crop-pct",
+            type=_float_type(0.0, 1.0, low_open=True),
+            metavar="F",
+            help="centre-crop fraction (default: the model's pretrained_cfg, else 1: no crop)",
+        )
+        p.add_argument(
+            "--skip-dense-check",
+            action="store_true",
+            help="run even when the dense model scores within 5 points of chance on val",
+        )
+    p.add_argument(
+        "--device", default="auto", type=_device, help="auto (CUDA if available), cpu, cuda, cuda:N"
+    )
 
 
 def _preprocessing_args(args) -> dict:
-    return {"mean": args.mean, "std": args.std, "interpolation": args.interpolation, "crop_pct": args.crop_pct,
-            "check_dense": not args.skip_dense_check}
+    return {
+        "mean": args.mean,
+        "std": args.std,
+        "interpolation": args.interpolation,
+        "crop_pct": args.crop_pct,
+        "check_dense": not args.skip_dense_check,
+    }
 
 
 def _spec_for(args, config=None):
@@ -82,8 +119,9 @@ def _spec_for(args, config=None):
     if args.model is not None:
         given = resolve_model_spec(args.model)
         if given != config.model:
-            made, asked = (f"{s.name} {s.kwargs}" if s.kwargs else s.name
-                           for s in (config.model, given))
+            made, asked = (
+                f"{s.name} {s.kwargs}" if s.kwargs else s.name for s in (config.model, given)
+            )
             raise PrunetuneError(
                 f"the config was made for model {made} but --model is {asked}; "
                 f"drop --model or use a config for it"
@@ -101,14 +139,32 @@ def cmd_info(args) -> int:
     arch = ViTArch.from_spec(spec)
     config = config or PruningConfig.dense(spec)
     if config.width_mode != "count":
-        raise PrunetuneError("info needs a count-mode config; `prunetune prune` resolves thresholds")
+        raise PrunetuneError(
+            "info needs a count-mode config; `prunetune prune` resolves thresholds"
+        )
     cost = estimate_cost(config, arch)
-    rows = [[b.index, "yes" if b.kept else "dropped", b.tokens if b.kept else "-", b.heads, b.mlp,
-             config.blocks[b.index].sparsity, _m(b.macs), _m(b.params)] for b in cost.blocks]
-    print(f"model {spec.name} {spec.kwargs or ''}: depth {arch.depth}, dim {arch.embed_dim}, "
-          f"{arch.num_heads} heads x {arch.head_dim}, MLP {arch.mlp_hidden}, {arch.num_tokens} tokens")
+    rows = [
+        [
+            b.index,
+            "yes" if b.kept else "dropped",
+            b.tokens if b.kept else "-",
+            b.heads,
+            b.mlp,
+            config.blocks[b.index].sparsity,
+            _m(b.macs),
+            _m(b.params),
+        ]
+        for b in cost.blocks
+    ]
+    print(
+        f"model {spec.name} {spec.kwargs or ''}: depth {arch.depth}, dim {arch.embed_dim}, "
+        f"{arch.num_heads} heads x {arch.head_dim}, MLP {arch.mlp_hidden}, {arch.num_tokens} tokens"
+    )
     print(_table(rows, ["block", "kept", "tokens", "heads", "mlp", "sparsity", "MMACs", "Mparams"]))
-    print(f"total: {format_macs(cost.macs)}, {cost.params:,} params ({cost.nonzero_params:,} non-zero)")
+    print(
+        f"total: {format_macs(cost.macs)}, {cost.params:,} params ({cost.nonzero_params:,} "
+        f"non-zero)"
+    )
     return 0
 
 
@@ -119,27 +175,72 @@ def cmd_prune(args) -> int:
     spec = _spec_for(args, config)
     out = prepare_out(args.out, args.overwrite)
     run = apply_config(
-        config, spec, args.checkpoint, args.data, download=args.download, data_root=args.data_root,
-        device=args.device, calib_samples=args.calib_samples, batch_size=args.batch_size,
-        finetune_epochs=args.finetune_epochs, lr=args.lr, seed=args.seed,
-        latency_batch=None if args.no_latency else args.latency_batch, threads=args.threads,
-        out=out, announce=print, **_preprocessing_args(args))
+        config,
+        spec,
+        args.checkpoint,
+        args.data,
+        download=args.download,
+        data_root=args.data_root,
+        device=args.device,
+        calib_samples=args.calib_samples,
+        batch_size=args.batch_size,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr,
+        seed=args.seed,
+        latency_batch=None if args.no_latency else args.latency_batch,
+        threads=args.threads,
+        out=out,
+        announce=print,
+        **_preprocessing_args(args),
+    )
     rows = []
     for name, st in run.stages.items():
-        lat = ("-" if st["latency_ms"] is None else
-               f"{st['latency_ms']:.2f} ({st['latency_p10_ms']:.2f}-{st['latency_p90_ms']:.2f})")
-        rows.append([name, _m(st["macs"]), _m(2 * st["macs"]), f"{st['params'] / 1e6:.3f}",
-                     f"{st['nonzero_params'] / 1e6:.3f}", lat, f"{100 * st['val_accuracy']:.2f}"])
+        lat = (
+            "-"
+            if st["latency_ms"] is None
+            else f"{st['latency_ms']:.2f} ({st['latency_p10_ms']:.2f}-{st['latency_p90_ms']:.2f})"
+        )
+        rows.append(
+            [
+                name,
+                _m(st["macs"]),
+                _m(2 * st["macs"]),
+                f"{st['params'] / 1e6:.3f}",
+                f"{st['nonzero_params'] / 1e6:.3f}",
+                lat,
+                f"{100 * st['val_accuracy']:.2f}",
+            ]
+        )
     d, p = run.dense, run.final
-    print(_table(rows, ["model", "MMACs", "MFLOPs", "Mparams", "Mnonzero", f"ms@{args.latency_batch}",
-                        "val acc %"]))
-    tuned = (f"after {args.finetune_epochs:g} epochs of KD fine-tuning" if args.finetune_epochs > 0
-             else "no fine-tuning")
-    print(f"MACs x{p['macs'] / d['macs']:.3f}, params x{p['params'] / d['params']:.3f}"
-          + ("" if args.no_latency else f", latency x{p['latency_ms'] / d['latency_ms']:.3f}")
-          + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points ({tuned})")
-    print("tokens per block: " + " ".join("-" if t is None else str(t) for t in p["tokens"])
-          + ("" if not run.config.has_tokens else f" (token_mode {run.config.token_mode})"))
+    print(
+        _table(
+            rows,
+            [
+                "model",
+                "MMACs",
+                "MFLOPs",
+                "Mparams",
+                "Mnonzero",
+                f"ms@{args.latency_batch}",
+                "val acc %",
+            ],
+        )
+    )
+    tuned = (
+        f"after {args.finetune_epochs:g} epochs of KD fine-tuning"
+        if args.finetune_epochs > 0
+        else "no fine-tuning"
+    )
+    print(
+        f"MACs x{p['macs'] / d['macs']:.3f}, params x{p['params'] / d['params']:.3f}"
+        + ("" if args.no_latency else f", latency x{p['latency_ms'] / d['latency_ms']:.3f}")
+        + f"; accuracy {100 * (p['val_accuracy'] - d['val_accuracy']):+.2f} points ({tuned})"
+    )
+    print(
+        "tokens per block: "
+        + " ".join("-" if t is None else str(t) for t in p["tokens"])
+        + ("" if not run.config.has_tokens else f" (token_mode {run.config.token_mode})")
+    )
     print(f"pruned: {format_macs(p['macs'])}; wrote {out}/config.json and {out}/model.safetensors")
     return 0
 
@@ -150,8 +251,16 @@ def cmd_saliency(args) -> int:
 
     get_saliency(args.criterion)  # unknown names fail before any work
     spec = _spec_for(args)
-    base = load_base(spec, args.checkpoint, args.data, args.download, args.data_root, args.device,
-                              **_preprocessing_args(args), announce=print)
+    base = load_base(
+        spec,
+        args.checkpoint,
+        args.data,
+        args.download,
+        args.data_root,
+        args.device,
+        **_preprocessing_args(args),
+        announce=print,
+    )
     calib = base.calibration(args.calib_samples, args.batch_size, args.seed)
     s = compute_scores(base.model, args.criterion, calib)
     bmax = float(s.blocks.max()) or 1.0
@@ -159,10 +268,19 @@ def cmd_saliency(args) -> int:
     for i in range(len(s.heads)):
         h = s.heads[i] / (s.heads[i].max().clamp_min(1e-30))
         m = s.mlp[i] / (s.mlp[i].max().clamp_min(1e-30))
-        rows.append([i, f"{float(s.blocks[i]) / bmax:.3f}", " ".join(f"{v:.2f}" for v in h.tolist()),
-                     f"{float(m.min()):.2f}/{float(m.median()):.2f}", f"{int((m >= 0.5).sum())}/{m.numel()}"])
-    print(f"criterion {s.criterion} on {sum(len(y) for _, y in calib)} calibration images "
-          f"(scores normalised by the largest in each row's layer; blocks by the largest block)")
+        rows.append(
+            [
+                i,
+                f"{float(s.blocks[i]) / bmax:.3f}",
+                " ".join(f"{v:.2f}" for v in h.tolist()),
+                f"{float(m.min()):.2f}/{float(m.median()):.2f}",
+                f"{int((m >= 0.5).sum())}/{m.numel()}",
+            ]
+        )
+    print(
+        f"criterion {s.criterion} on {sum(len(y) for _, y in calib)} calibration images "
+        f"(scores normalised by the largest in each row's layer; blocks by the largest block)"
+    )
     print(_table(rows, ["block", "block score", "heads", "mlp min/median", "mlp >= 0.5"]))
     return 0
 
@@ -170,18 +288,53 @@ def cmd_saliency(args) -> int:
 def _study_args(p: argparse.ArgumentParser) -> None:
     from .search import DEFAULT_STORAGE, DEFAULT_STUDY
 
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL of the study storage (default {DEFAULT_STORAGE})")
-    p.add_argument("--study", default=None,
-                   help=f"study name (default: {DEFAULT_STUDY}-<budget> for search, e.g. {DEFAULT_STUDY}-flops50; "
-                        f"the storage's only study for the other commands)")
+    p.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        help=f"SQLAlchemy URL of the study storage (default {DEFAULT_STORAGE})",
+    )
+    p.add_argument(
+        "--study",
+        default=None,
+        help=f"study name (default: {DEFAULT_STUDY}-<budget> for search, "
+        f"e.g. {DEFAULT_STUDY}-flops50; "
+        f"the storage's only study for the other commands)",
+    )
 
 
 #: ``prunetune search`` flags that map one-to-one onto SearchSettings fields.
-_SEARCH_FIELDS = ("budget", "model", "checkpoint", "data", "download", "data_root", "space",
-                  "n_trials", "sampler", "seed", "storage", "study", "device", "calib_samples",
-                  "batch_size", "lr", "final_epochs", "front_max", "artifacts", "latency_batch",
-                  "measure_latency", "grace_period", "mean", "std", "interpolation", "crop_pct",
-                  "backend", "workers", "address", "refresh_latency_table")
+_SEARCH_FIELDS = (
+    "budget",
+    "model",
+    "checkpoint",
+    "data",
+    "download",
+    "data_root",
+    "space",
+    "n_trials",
+    "sampler",
+    "seed",
+    "storage",
+    "study",
+    "device",
+    "calib_samples",
+    "batch_size",
+    "lr",
+    "final_epochs",
+    "front_max",
+    "artifacts",
+    "latency_batch",
+    "measure_latency",
+    "grace_period",
+    "mean",
+    "std",
+    "interpolation",
+    "crop_pct",
+    "backend",
+    "workers",
+    "address",
+    "refresh_latency_table",
+)
 
 
 def _given(args, dest: str) -> bool:
@@ -204,21 +357,33 @@ def _search_settings(args):
     if _given(args, "skip_dense_check"):
         changes["check_dense"] = False
     if not args.settings_file and "budget" not in changes:
-        raise PrunetuneError("search needs --budget (e.g. --budget flops=50%) or a --config "
-                             "settings file that sets budget")
+        raise PrunetuneError(
+            "search needs --budget (e.g. --budget flops=50%) or a --config "
+            "settings file that sets budget"
+        )
     tiers = list(changes.pop("tiers", base.tiers))
-    for dest, flag in (("tier_b_fraction", "--tier-b-fraction"), ("tier_b_steps", "--tier-b-steps")):
+    for dest, flag in (
+        ("tier_b_fraction", "--tier-b-fraction"),
+        ("tier_b_steps", "--tier-b-steps"),
+    ):
         if not _given(args, dest):
             continue
         if len(tiers) < 2:
-            raise PrunetuneError(f"{flag} sets the second proxy tier, but the settings have "
-                                 f"{len(tiers)} tier; set the tiers in the --config file instead")
+            raise PrunetuneError(
+                f"{flag} sets the second proxy tier, but the settings have "
+                f"{len(tiers)} tier; set the tiers in the --config file instead"
+            )
         if dest == "tier_b_fraction":  # the gate after tier a decides what reaches tier b
-            tiers[0] = TierSpec(tiers[0].proxy, tiers[0].options, args.tier_b_fraction,
-                                tiers[0].warmup)
+            tiers[0] = TierSpec(
+                tiers[0].proxy, tiers[0].options, args.tier_b_fraction, tiers[0].warmup
+            )
         else:
-            tiers[1] = TierSpec(tiers[1].proxy, {**tiers[1].options, "steps": args.tier_b_steps},
-                                tiers[1].keep, tiers[1].warmup)
+            tiers[1] = TierSpec(
+                tiers[1].proxy,
+                {**tiers[1].options, "steps": args.tier_b_steps},
+                tiers[1].keep,
+                tiers[1].warmup,
+            )
     changes["tiers"] = tuple(tiers)
     from dataclasses import replace
 
@@ -235,32 +400,60 @@ def cmd_search(args) -> int:
     states = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    print(f"study {study.study_name} in {res.settings.storage}: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())))
-    print(f"budget {res.budget.describe()}; dense {dense['macs'] / 1e6:.3f} MMACs, val acc {100 * dense['val_accuracy']:.2f} %")
+    print(
+        f"study {study.study_name} in {res.settings.storage}: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
+    )
+    print(
+        f"budget {res.budget.describe()}; dense {dense['macs'] / 1e6:.3f} MMACs, val acc "
+        f"{100 * dense['val_accuracy']:.2f} %"
+    )
     lt = study_entry(study, "latency_table")
     if lt:
-        print(f"latency table ({lt['device']}, batch {lt['batch_size']}, {lt['rows']} block timings): "
-              f"prediction error {lt['prediction_error_pct']:.1f} % on random configurations")
+        print(
+            f"latency table ({lt['device']}, batch {lt['batch_size']}, {lt['rows']} block "
+            f"timings): "
+            f"prediction error {lt['prediction_error_pct']:.1f} % on random configurations"
+        )
     rows = []
     labels = [f"tier {chr(ord('a') + i)} acc %" for i in range(len(res.settings.tiers))]
     for t in res.front:
         rec = TrialRecord.of(t)
         f = res.finals.get(t.number) or final_of(study, t.number) or {}
         accs = [rec.tier(lb.split()[1]) for lb in labels]
-        rows.append([t.number, _m(rec.macs), f"{rec.macs / dense['macs']:.3f}",
-                     *("-" if r is None or r.accuracy is None else f"{100 * r.accuracy:.2f}" for r in accs),
-                     f"{100 * f['val_accuracy']:.2f}" if f else "-",
-                     f"{100 * f['test_accuracy']:.2f}" if f.get("test_accuracy") is not None else "-"])
+        rows.append(
+            [
+                t.number,
+                _m(rec.macs),
+                f"{rec.macs / dense['macs']:.3f}",
+                *(
+                    "-" if r is None or r.accuracy is None else f"{100 * r.accuracy:.2f}"
+                    for r in accs
+                ),
+                f"{100 * f['val_accuracy']:.2f}" if f else "-",
+                f"{100 * f['test_accuracy']:.2f}" if f.get("test_accuracy") is not None else "-",
+            ]
+        )
     print(_table(rows, ["trial", "MMACs", "x dense", *labels, "final val %", "final test %"]))
     if res.finals and all(f.get("test_accuracy") is None for f in res.finals.values()):
-        print("no test split: the final accuracy is on val, which also chose the front (add test/ to the data)")
+        print(
+            "no test split: the final accuracy is on val, which also chose the front (add test/ "
+            "to the data)"
+        )
     where = f"--storage {shlex.quote(res.settings.storage)} --study {shlex.quote(study.study_name)}"
     if args.no_final:
         ran = f"ran {len(res.ran)} of" if res.ran is not None else "took part in"
-        print(f"this worker {ran} the study's {res.settings.n_trials} trials; the Pareto stage and the export "
-              f"belong to the worker without --no-final (`prunetune export {where} --out DIR` once it is done)")
+        print(
+            f"this worker {ran} the study's {res.settings.n_trials} trials; the Pareto stage and "
+            f"the export "
+            f"belong to the worker without --no-final (`prunetune export {where} --out DIR` once "
+            f"it is done)"
+        )
     elif res.best_trial is not None:
-        print(f"best under budget: trial {res.best_trial.number}; export it with `prunetune export {where} --out DIR`")
+        print(
+            f"best under budget: trial {res.best_trial.number}; export it with `prunetune export "
+            f"{where} --out DIR`"
+        )
     return 0
 
 
@@ -268,20 +461,33 @@ def cmd_export(args) -> int:
     from .search import export, load_study
 
     out = prepare_out(args.out, args.overwrite)
-    infos = export(load_study(args.storage, args.study), out, whole_front=args.front, partial=args.partial,
-                   untuned=args.untuned)
+    infos = export(
+        load_study(args.storage, args.study),
+        out,
+        whole_front=args.front,
+        partial=args.partial,
+        untuned=args.untuned,
+    )
     best = infos[0]
     f = best["final"]
     if f:
         acc = f"final val accuracy {100 * f['val_accuracy']:.2f} %, " + (
-            f"test {100 * f['test_accuracy']:.2f} %" if f.get("test_accuracy") is not None else "no test split")
+            f"test {100 * f['test_accuracy']:.2f} %"
+            if f.get("test_accuracy") is not None
+            else "no test split"
+        )
     else:
         acc = f"proxy accuracy {100 * best['proxy_accuracy']:.2f} %; weights {best['weights']}"
-    print(f"exported trial {best['trial']}: {best['macs'] / 1e6:.3f} MMACs ({best['flops'] / 1e6:.3f} MFLOPs), {acc}")
+    print(
+        f"exported trial {best['trial']}: {best['macs'] / 1e6:.3f} MMACs "
+        f"({best['flops'] / 1e6:.3f} MFLOPs), {acc}"
+    )
     if best.get("partial"):
         print(f"partial: {best['partial']}")
-    print(f"wrote {out}/config.json, {out}/model.safetensors, {out}/export.json"
-          + (f" and {len(infos) - 1} front members under {out}/front/" if args.front else ""))
+    print(
+        f"wrote {out}/config.json, {out}/model.safetensors, {out}/export.json"
+        + (f" and {len(infos) - 1} front members under {out}/front/" if args.front else "")
+    )
     if best.get("reproduce"):
         print(f"reproduce: {best['reproduce']}")
     return 0
@@ -307,12 +513,16 @@ def cmd_dashboard(args) -> int:
 
     _check_bindable(args.host, args.port)  # a busy port fails before the storage is opened
     study = load_study(args.storage, args.study)  # fail early with a clear message
-    print(f"optuna-dashboard for study {study.study_name} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    print(
+        f"optuna-dashboard for study {study.study_name} at http://{args.host}:{args.port}/ "
+        f"(Ctrl-C to stop)"
+    )
     try:
         run_server(make_storage(args.storage, heartbeat=False), host=args.host, port=args.port)
     except OSError as e:  # the port was taken between the check and the start
-        raise PrunetuneError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
-                             "pass another --port") from None
+        raise PrunetuneError(
+            f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); pass another --port"
+        ) from None
     return 0
 
 
@@ -320,8 +530,10 @@ def cmd_train_default(args) -> int:
     from .default.train import train
 
     m = train(args.epochs, args.lr, seed=args.seed, out=args.out)  # checks --out before training
-    print(f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
-          f"({m['train_seconds']} s); wrote {m['weights']}")
+    print(
+        f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
+        f"({m['train_seconds']} s); wrote {m['weights']}"
+    )
     return 0
 
 
@@ -332,9 +544,11 @@ _INT_WORDS = {0: "an integer >= 0", 1: "an integer >= 1"}
 MAX_SEED = 2**32 - 1
 
 
-def _checked(cast: Callable[[str], float], ok: Callable[[float], bool], want: str,
-             name: str) -> Callable[[str], float]:
-    """An argparse ``type``: ``cast`` the text, then require ``ok``; a one-line error says ``want``."""
+def _checked(
+    cast: Callable[[str], float], ok: Callable[[float], bool], want: str, name: str
+) -> Callable[[str], float]:
+    """An argparse ``type``: ``cast`` the text, then require ``ok``; a one-line error says
+    ``want``."""
 
     def parse(text: str):
         try:
@@ -351,19 +565,32 @@ def _checked(cast: Callable[[str], float], ok: Callable[[float], bool], want: st
 
 def _int_type(low: int, high: int | None = None, name: str = "int") -> Callable[[str], int]:
     """An argparse ``type`` that accepts integers in ``[low, high]``."""
-    want = (_INT_WORDS.get(low, f"an integer >= {low}") if high is None
-            else f"an integer in {low}..{high}")
+    want = (
+        _INT_WORDS.get(low, f"an integer >= {low}")
+        if high is None
+        else f"an integer in {low}..{high}"
+    )
     return _checked(int, lambda v: v >= low and (high is None or v <= high), want, name)
 
 
-def _float_type(low: float, high: float | None = None, low_open: bool = False,
-                name: str = "float") -> Callable[[str], float]:
+def _float_type(
+    low: float, high: float | None = None, low_open: bool = False, name: str = "float"
+) -> Callable[[str], float]:
     """An argparse ``type`` that accepts finite floats above ``low`` (or at it) up to ``high``."""
     lo = f"> {low:g}" if low_open else f">= {low:g}"
-    want = (f"a number {lo}" if high is None
-            else f"a number in {'(' if low_open else '['}{low:g}, {high:g}]")
-    return _checked(float, lambda v: math.isfinite(v) and (v > low if low_open else v >= low)
-                    and (high is None or v <= high), want, name)
+    want = (
+        f"a number {lo}"
+        if high is None
+        else f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    )
+    return _checked(
+        float,
+        lambda v: (
+            math.isfinite(v) and (v > low if low_open else v >= low) and (high is None or v <= high)
+        ),
+        want,
+        name,
+    )
 
 
 _positive_int = _int_type(1, name="positive_int")
@@ -407,52 +634,74 @@ def _check_bindable(host: str, port: int) -> None:
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as e:
-        raise PrunetuneError(f"--host {host!r} is not a known address ({e}); use e.g. 127.0.0.1 or "
-                             "0.0.0.0") from None
+        raise PrunetuneError(
+            f"--host {host!r} is not a known address ({e}); use e.g. 127.0.0.1 or 0.0.0.0"
+        ) from None
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the dashboard's server does
         try:
             sock.bind(addr)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise PrunetuneError(f"port {port} on {host} is already in use; stop what listens "
-                                     "there or pass another --port") from None
+                raise PrunetuneError(
+                    f"port {port} on {host} is already in use; stop what listens "
+                    "there or pass another --port"
+                ) from None
             if e.errno == errno.EADDRNOTAVAIL:
-                raise PrunetuneError(f"--host {host} is not an address of this machine; use e.g. "
-                                     "127.0.0.1 or 0.0.0.0") from None
+                raise PrunetuneError(
+                    f"--host {host} is not an address of this machine; use e.g. "
+                    "127.0.0.1 or 0.0.0.0"
+                ) from None
             if e.errno == errno.EACCES:
-                raise PrunetuneError(f"port {port} needs privileges to listen on; pass a --port "
-                                     "of 1024 or above") from None
-            raise PrunetuneError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass "
-                                 "another --host or --port") from None
+                raise PrunetuneError(
+                    f"port {port} needs privileges to listen on; pass a --port of 1024 or above"
+                ) from None
+            raise PrunetuneError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --host or --port"
+            ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .pruners import list_saliencies
     from .registry import BACKENDS, SAMPLERS
 
-    p = _Parser(prog="prunetune", description="Pruning-configuration search for Vision Transformers")
+    p = _Parser(
+        prog="prunetune", description="Pruning-configuration search for Vision Transformers"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="per-block heads, MLP width, tokens, MACs and params")
     s.add_argument("--model", help="timm model name or JSON/YAML model file (default: digits_vit)")
-    s.add_argument("--config", help="show a pruning config's shapes and cost instead of the dense model")
+    s.add_argument(
+        "--config", help="show a pruning config's shapes and cost instead of the dense model"
+    )
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("prune", help="apply a config; write pruned weights + config; print before/after")
+    s = sub.add_parser(
+        "prune", help="apply a config; write pruned weights + config; print before/after"
+    )
     s.add_argument("--config", required=True, help="pruning config (.json or .yaml)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     _add_model_args(s)
-    s.add_argument("--calib-samples", type=_positive_int, default=256,
-                   help="images for data-driven criteria")
+    s.add_argument(
+        "--calib-samples", type=_positive_int, default=256, help="images for data-driven criteria"
+    )
     s.add_argument("--batch-size", type=_positive_int, default=64)
     s.add_argument("--latency-batch", type=_positive_int, default=64)
-    s.add_argument("--threads", type=_positive_int, default=None,
-                   help="CPU threads for latency (default: torch's)")
+    s.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for latency (default: torch's)",
+    )
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    s.add_argument("--finetune-epochs", type=_nonneg_float, default=0.0,
-                   help="recovery fine-tuning with distillation from the dense model (default 0: none)")
+    s.add_argument(
+        "--finetune-epochs",
+        type=_nonneg_float,
+        default=0.0,
+        help="recovery fine-tuning with distillation from the dense model (default 0: none)",
+    )
     s.add_argument("--lr", type=_positive_float, default=5e-4, help="fine-tuning learning rate")
     s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_prune)
@@ -465,45 +714,95 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_saliency)
 
-    s = sub.add_parser("search", help="budgeted multi-objective search for a pruning configuration",
-                       allow_abbrev=False)
+    s = sub.add_parser(
+        "search",
+        help="budgeted multi-objective search for a pruning configuration",
+        allow_abbrev=False,
+    )
     s.add_argument("--budget", help="flops=50%%, flops=0.2G, macs=100M, params=3M or latency=4ms")
-    s.add_argument("--config", dest="settings_file", metavar="SETTINGS",
-                   help="search settings file (YAML or JSON: the settings.yaml a search writes beside "
-                        "its artifacts); flags given on the command line win")
+    s.add_argument(
+        "--config",
+        dest="settings_file",
+        metavar="SETTINGS",
+        help="search settings file (YAML or JSON: the settings.yaml a search writes beside "
+        "its artifacts); flags given on the command line win",
+    )
     _add_model_args(s)
     _study_args(s)
-    s.add_argument("--space", default="hybrid", help="preset (structured, tokens, hybrid) or a YAML file")
-    s.add_argument("--n-trials", type=_positive_int, default=24,
-                   help="completed + pruned trials in the study (default 24)")
+    s.add_argument(
+        "--space", default="hybrid", help="preset (structured, tokens, hybrid) or a YAML file"
+    )
+    s.add_argument(
+        "--n-trials",
+        type=_positive_int,
+        default=24,
+        help="completed + pruned trials in the study (default 24)",
+    )
     s.add_argument("--sampler", default="nsga2", choices=SAMPLERS.names())
     s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--backend", default="optuna", choices=BACKENDS.names())
-    s.add_argument("--workers", type=_positive_int, default=1,
-                   help="concurrent trials with --backend ray")
+    s.add_argument(
+        "--workers", type=_positive_int, default=1, help="concurrent trials with --backend ray"
+    )
     s.add_argument("--address", help="address of an existing Ray cluster (--backend ray)")
     s.add_argument("--calib-samples", type=_positive_int, default=256)
     s.add_argument("--batch-size", type=_positive_int, default=64)
-    s.add_argument("--tier-b-fraction", type=_fraction, default=0.5,
-                   help="fraction of tier-a scores that go on to tier b")
-    s.add_argument("--tier-b-steps", type=_nonneg_int, default=100,
-                   help="distillation steps of the tier-b proxy")
+    s.add_argument(
+        "--tier-b-fraction",
+        type=_fraction,
+        default=0.5,
+        help="fraction of tier-a scores that go on to tier b",
+    )
+    s.add_argument(
+        "--tier-b-steps",
+        type=_nonneg_int,
+        default=100,
+        help="distillation steps of the tier-b proxy",
+    )
     s.add_argument("--lr", type=_positive_float, default=5e-4)
-    s.add_argument("--final-epochs", type=_nonneg_float, default=8.0,
-                   help="fine-tuning epochs of the Pareto stage")
-    s.add_argument("--grace-period", type=_int_type(HEARTBEAT_GRACE_MIN, name="seconds"), default=None,
-                   help="seconds without a heartbeat after which a running trial counts as dead and is "
-                        "retried (default 20)")
-    s.add_argument("--front-max", type=_positive_int, default=4,
-                   help="front members fine-tuned in the Pareto stage")
-    s.add_argument("--no-final", action="store_true", help="skip the Pareto stage (extra workers on a shared study)")
-    s.add_argument("--artifacts", type=_folder,
-                   help="where Pareto-stage weights go (default: beside the SQLite file)")
-    s.add_argument("--latency-batch", type=_positive_int, default=64,
-                   help="batch size of latency budgets and measurements")
-    s.add_argument("--measure-latency", action="store_true", help="also measure each candidate's latency")
-    s.add_argument("--refresh-latency-table", action="store_true",
-                   help="re-measure the cached per-block latency table of a latency budget")
+    s.add_argument(
+        "--final-epochs",
+        type=_nonneg_float,
+        default=8.0,
+        help="fine-tuning epochs of the Pareto stage",
+    )
+    s.add_argument(
+        "--grace-period",
+        type=_int_type(HEARTBEAT_GRACE_MIN, name="seconds"),
+        default=None,
+        help="seconds without a heartbeat after which a running trial counts as dead and is "
+        "retried (default 20)",
+    )
+    s.add_argument(
+        "--front-max",
+        type=_positive_int,
+        default=4,
+        help="front members fine-tuned in the Pareto stage",
+    )
+    s.add_argument(
+        "--no-final",
+        action="store_true",
+        help="skip the Pareto stage (extra workers on a shared study)",
+    )
+    s.add_argument(
+        "--artifacts",
+        type=_folder,
+        help="where Pareto-stage weights go (default: beside the SQLite file)",
+    )
+    s.add_argument(
+        "--latency-batch",
+        type=_positive_int,
+        default=64,
+        help="batch size of latency budgets and measurements",
+    )
+    s.add_argument(
+        "--measure-latency", action="store_true", help="also measure each candidate's latency"
+    )
+    s.add_argument(
+        "--refresh-latency-table",
+        action="store_true",
+        help="re-measure the cached per-block latency table of a latency budget",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_search)
 
@@ -512,10 +811,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--front", action="store_true", help="also export every Pareto-front member")
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--partial", action="store_true",
-                   help="export a study that is still running or was interrupted (labelled partial)")
-    s.add_argument("--untuned", action="store_true",
-                   help="export pruned, untuned weights where the Pareto-stage weights are missing (labelled)")
+    s.add_argument(
+        "--partial",
+        action="store_true",
+        help="export a study that is still running or was interrupted (labelled partial)",
+    )
+    s.add_argument(
+        "--untuned",
+        action="store_true",
+        help="export pruned, untuned weights where the Pareto-stage weights are missing (labelled)",
+    )
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("report", help="Pareto plot (PNG, HTML) and Markdown table of a study")
@@ -545,8 +850,11 @@ def _typed_dests(parser: _Parser, command: str, argv: list[str]) -> set[str]:
     sub = parser.commands.get(command)
     if sub is None:
         return set()
-    return {dest for dest, opts in sub.flags.items()
-            if any(t == o or t.startswith(o + "=") for o in opts for t in argv)}
+    return {
+        dest
+        for dest, opts in sub.flags.items()
+        if any(t == o or t.startswith(o + "=") for o in opts for t in argv)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

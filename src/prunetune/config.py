@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, PrunetuneError
 from ._io import read_mapping, yaml_problem
+from .errors import ConfigError, PrunetuneError
 from .models import ModelSpec, ViTArch
 from .registry import SALIENCIES, TOKEN_MODES
 
@@ -67,7 +67,9 @@ class BlockConfig:
         for name in ("heads", "mlp"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):
-                raise ConfigError(f"`{name} >= 1` must hold (an integer count), but got {name}={v!r}")
+                raise ConfigError(
+                    f"`{name} >= 1` must hold (an integer count), but got {name}={v!r}"
+                )
         for name in ("head_threshold", "mlp_threshold"):
             v = getattr(self, name)
             if v is not None and (not _is_num(v) or not 0.0 <= v <= 1.0):
@@ -75,7 +77,9 @@ class BlockConfig:
         if not _is_num(self.sparsity) or not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"`0 <= sparsity < 1` must hold, but got sparsity={self.sparsity!r}")
         if not _is_num(self.token_keep) or not 0.0 < self.token_keep <= 1.0:
-            raise ConfigError(f"`0 < token_keep <= 1` must hold, but got token_keep={self.token_keep!r}")
+            raise ConfigError(
+                f"`0 < token_keep <= 1` must hold, but got token_keep={self.token_keep!r}"
+            )
 
     @property
     def uses_counts(self) -> bool:
@@ -99,8 +103,9 @@ class PruningConfig:
         blocks: One entry per block of the base model.
         criterion: Saliency criterion name (see :func:`prunetune.list_saliencies`).
         width_mode: ``"count"`` or ``"threshold"``.
-        token_mode: How blocks with ``token_keep < 1`` reduce tokens: ``attentive``,
-            ``attentive_fuse``, ``merge`` or ``learned`` (see :mod:`prunetune.pruners._tokens`).
+        token_mode: How blocks with ``token_keep < 1`` reduce tokens: a name registered in
+            :data:`prunetune.registry.TOKEN_MODES` (``attentive``, ``attentive_fuse``,
+            ``merge``, ``learned``; see :mod:`prunetune.pruners.token_modes`).
         schema_version: Version of the serialised form.
     """
 
@@ -116,7 +121,10 @@ class PruningConfig:
         object.__setattr__(self, "model", ModelSpec.from_obj(self.model))
         if not isinstance(self.blocks, (tuple, list)) or not self.blocks:
             raise ConfigError(f"`blocks` must be a non-empty list, but got {self.blocks!r}")
-        blocks = tuple(b if isinstance(b, BlockConfig) else _block_from_obj(b, i) for i, b in enumerate(self.blocks))
+        blocks = tuple(
+            b if isinstance(b, BlockConfig) else _block_from_obj(b, i)
+            for i, b in enumerate(self.blocks)
+        )
         object.__setattr__(self, "blocks", blocks)
         if self.schema_version not in READABLE_SCHEMAS:
             raise ConfigError(
@@ -125,24 +133,36 @@ class PruningConfig:
             )
         object.__setattr__(self, "schema_version", SCHEMA_VERSION)
         if self.width_mode not in WIDTH_MODES:
-            raise ConfigError(f"`width_mode` must be one of {WIDTH_MODES}, but got {self.width_mode!r}")
+            raise ConfigError(
+                f"`width_mode` must be one of {WIDTH_MODES}, but got {self.width_mode!r}"
+            )
         if self.criterion not in SALIENCIES:
             raise ConfigError(
-                f"unknown criterion {self.criterion!r}; choose one of {', '.join(SALIENCIES.names())}"
+                f"unknown criterion {self.criterion!r}; choose one of "
+                f"{', '.join(SALIENCIES.names())}"
             )
         for i, b in enumerate(blocks):
             if self.width_mode == "count" and b.uses_thresholds:
-                raise ConfigError(f"width_mode='count' takes heads/mlp counts, but block {i} has thresholds")
+                raise ConfigError(
+                    f"width_mode='count' takes heads/mlp counts, but block {i} has thresholds"
+                )
             if self.width_mode == "threshold" and b.uses_counts:
-                raise ConfigError(f"width_mode='threshold' takes thresholds, but block {i} has heads/mlp counts")
+                raise ConfigError(
+                    f"width_mode='threshold' takes thresholds, but block {i} has heads/mlp counts"
+                )
         if not any(b.keep for b in blocks):
             raise ConfigError("at least one block must be kept, but every block has keep=false")
         for i, b in enumerate(blocks):
             if not b.keep and b.token_keep < 1.0:
-                raise ConfigError(f"block {i} is dropped (keep=false) but sets token_keep={b.token_keep}; remove one")
+                raise ConfigError(
+                    f"block {i} is dropped (keep=false) but sets token_keep={b.token_keep}; "
+                    f"remove one"
+                )
         if self.token_mode not in TOKEN_MODES:
-            raise ConfigError(f"`token_mode in {tuple(TOKEN_MODES.names())}` must hold, but got "
-                              f"token_mode={self.token_mode!r}")
+            raise ConfigError(
+                f"`token_mode in {tuple(TOKEN_MODES.names())}` must hold, but got "
+                f"token_mode={self.token_mode!r}"
+            )
         TOKEN_MODES.get(self.token_mode).validate(self)
 
     # --- construction helpers -------------------------------------------------------------
@@ -168,8 +188,11 @@ class PruningConfig:
                 raise ConfigError(f"`0 < {name} <= 1` must hold, but got {name}={r!r}")
         h = max(1, round(head_ratio * arch.num_heads))
         m = max(1, round(mlp_ratio * arch.mlp_hidden))
-        return cls(model, tuple(BlockConfig(heads=h, mlp=m, sparsity=sparsity) for _ in range(arch.depth)),
-                   criterion=criterion)
+        return cls(
+            model,
+            tuple(BlockConfig(heads=h, mlp=m, sparsity=sparsity) for _ in range(arch.depth)),
+            criterion=criterion,
+        )
 
     def replace(self, **changes: Any) -> PruningConfig:
         return replace(self, **changes)
@@ -211,13 +234,20 @@ class PruningConfig:
 
     def _need_counts(self) -> None:
         if self.width_mode != "count":
-            raise ConfigError("this needs counts; resolve a threshold config with saliency scores first")
+            raise ConfigError(
+                "this needs counts; resolve a threshold config with saliency scores first"
+            )
 
     @property
     def is_identity(self) -> bool:
         return all(
-            b.keep and b.heads is None and b.mlp is None and not b.head_threshold
-            and not b.mlp_threshold and b.sparsity == 0 and b.token_keep == 1.0
+            b.keep
+            and b.heads is None
+            and b.mlp is None
+            and not b.head_threshold
+            and not b.mlp_threshold
+            and b.sparsity == 0
+            and b.token_keep == 1.0
             for b in self.blocks
         )
 
@@ -236,10 +266,15 @@ class PruningConfig:
                 heads = _count_at_threshold(scores.heads[i], b.head_threshold)
             if b.mlp_threshold is not None:
                 mlp = _count_at_threshold(scores.mlp[i], b.mlp_threshold)
-            blocks.append(BlockConfig(keep=b.keep, heads=heads, mlp=mlp, sparsity=b.sparsity,
-                                      token_keep=b.token_keep))
+            blocks.append(
+                BlockConfig(
+                    keep=b.keep, heads=heads, mlp=mlp, sparsity=b.sparsity, token_keep=b.token_keep
+                )
+            )
         meta = {**self._meta, "resolved_from": self.to_dict()}
-        return PruningConfig(self.model, tuple(blocks), self.criterion, "count", self.token_mode, _meta=meta)
+        return PruningConfig(
+            self.model, tuple(blocks), self.criterion, "count", self.token_mode, _meta=meta
+        )
 
     # --- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -266,9 +301,15 @@ class PruningConfig:
         for key in ("model", "blocks"):
             if key not in d:
                 raise ConfigError(f"config is missing the required key {key!r}")
-        kw = {k: d[k] for k in ("criterion", "width_mode", "token_mode", "schema_version") if k in d}
+        kw = {
+            k: d[k] for k in ("criterion", "width_mode", "token_mode", "schema_version") if k in d
+        }
         try:
-            return cls(model=ModelSpec.from_obj(d["model"]), blocks=tuple(d["blocks"]) if isinstance(d["blocks"], list) else d["blocks"], **kw)
+            return cls(
+                model=ModelSpec.from_obj(d["model"]),
+                blocks=tuple(d["blocks"]) if isinstance(d["blocks"], list) else d["blocks"],
+                **kw,
+            )
         except PrunetuneError:
             raise
         except (TypeError, ValueError) as e:

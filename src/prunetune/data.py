@@ -99,7 +99,10 @@ def load_data(
     """
     if data is None or data == DIGITS:
         if in_chans != 1:
-            raise DataError(f"the digits data set is grayscale but the model expects {in_chans} channels; pass --data")
+            raise DataError(
+                f"the digits data set is grayscale but the model expects {in_chans} channels; "
+                f"pass --data"
+            )
         return digits_splits(img_size)
     if not isinstance(data, str) or not data.strip():
         raise DataError(f"--data must name a directory or a torchvision data set, but got {data!r}")
@@ -138,7 +141,10 @@ def _image_folder(path: Path, tf) -> DataSplits:
 
     for split in ("train", "val"):
         if not (path / split).is_dir():
-            raise DataError(f"data directory {path} has no {split}/ folder; expected {path}/{{train,val}}/<class>/<image>")
+            raise DataError(
+                f"data directory {path} has no {split}/ folder; expected "
+                f"{path}/{{train,val}}/<class>/<image>"
+            )
     splits = {}
     names = ("train", "val", "test") if (path / "test").is_dir() else ("train", "val")
     for split in names:
@@ -146,7 +152,9 @@ def _image_folder(path: Path, tf) -> DataSplits:
         try:
             splits[split] = ImageFolder(str(d), transform=tf, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as e:
-            raise DataError(f"data directory {d} holds no images: {str(e).splitlines()[0]}") from None
+            raise DataError(
+                f"data directory {d} holds no images: {str(e).splitlines()[0]}"
+            ) from None
         except OSError as e:
             raise DataError(f"data directory {d} cannot be read ({e.strerror or e})") from None
     for split in names[1:]:
@@ -154,10 +162,13 @@ def _image_folder(path: Path, tf) -> DataSplits:
             only_train = sorted(set(splits["train"].classes) - set(splits[split].classes))
             only_other = sorted(set(splits[split].classes) - set(splits["train"].classes))
             raise DataError(
-                f"train/ and {split}/ in {path} must have the same class folders, but train/ alone has "
+                f"train/ and {split}/ in {path} must have the same class folders, but train/ "
+                f"alone has "
                 f"{only_train[:3]} and {split}/ alone has {only_other[:3]}"
             )
-    return DataSplits(splits["train"], splits["val"], splits.get("test"), len(splits["train"].classes), str(path))
+    return DataSplits(
+        splits["train"], splits["val"], splits.get("test"), len(splits["train"].classes), str(path)
+    )
 
 
 def _torchvision(name: str, tf, download: bool, root: Path) -> DataSplits:
@@ -173,9 +184,13 @@ def _torchvision(name: str, tf, download: bool, root: Path) -> DataSplits:
         val = cls(str(root), train=False, transform=tf, download=download)
     except RuntimeError as e:
         hint = "" if download else "; pass --download to fetch it"
-        raise DataError(f"{cls_name} not found under {root}{hint} ({str(e).splitlines()[0]})") from None
+        raise DataError(
+            f"{cls_name} not found under {root}{hint} ({str(e).splitlines()[0]})"
+        ) from None
     except TypeError:
-        raise DataError(f"torchvision data set {cls_name} has no train/test split; use an ImageFolder") from None
+        raise DataError(
+            f"torchvision data set {cls_name} has no train/test split; use an ImageFolder"
+        ) from None
     classes = getattr(train, "classes", None)
     return DataSplits(train, val, None, len(classes) if classes else 0, cls_name)
 

@@ -76,7 +76,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         _check_pretrained_cfg(self.pretrained_cfg)
         if not isinstance(self.name, str) or not self.name:
-            raise UnsupportedModelError(f"model name must be a non-empty string, but got {self.name!r}")
+            raise UnsupportedModelError(
+                f"model name must be a non-empty string, but got {self.name!r}"
+            )
         if not isinstance(self.kwargs, dict):
             raise UnsupportedModelError(f"model kwargs must be a mapping, but got {self.kwargs!r}")
         bad = [k for k in self.kwargs if not isinstance(k, str)]
@@ -121,13 +123,20 @@ class ModelSpec:
                 raise UnsupportedModelError(f"model kwargs must be a mapping, but got {kwargs!r}")
             cfg = obj.get("pretrained_cfg") or {}
             if not isinstance(cfg, dict):
-                raise UnsupportedModelError(f"model pretrained_cfg must be a mapping, but got {cfg!r}")
+                raise UnsupportedModelError(
+                    f"model pretrained_cfg must be a mapping, but got {cfg!r}"
+                )
             return cls(obj["name"], dict(kwargs), dict(cfg))
         raise UnsupportedModelError(f"model must be a name or a mapping, but got {obj!r}")
 
     def __hash__(self) -> int:
-        return hash((self.name, json.dumps(self.kwargs, sort_keys=True, default=str),
-                     json.dumps(self.pretrained_cfg, sort_keys=True, default=str)))
+        return hash(
+            (
+                self.name,
+                json.dumps(self.kwargs, sort_keys=True, default=str),
+                json.dumps(self.pretrained_cfg, sort_keys=True, default=str),
+            )
+        )
 
 
 #: Preprocessing keys a model file's ``pretrained_cfg`` may set (timm's data config).
@@ -141,22 +150,33 @@ def _check_pretrained_cfg(cfg: Any) -> None:
     unknown = sorted(set(cfg) - set(PREPROCESSING_KEYS), key=str)
     if unknown:
         raise UnsupportedModelError(
-            f"model pretrained_cfg keys must be among {', '.join(PREPROCESSING_KEYS)}, but got {unknown}")
+            f"model pretrained_cfg keys must be among {', '.join(PREPROCESSING_KEYS)}, but got "
+            f"{unknown}"
+        )
     for key in ("mean", "std"):
         v = cfg.get(key)
         if v is None:
             continue
-        if (not isinstance(v, (list, tuple)) or not v
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise UnsupportedModelError(f"model pretrained_cfg {key} must be a list of numbers, but got {v!r}")
+        if (
+            not isinstance(v, (list, tuple))
+            or not v
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ):
+            raise UnsupportedModelError(
+                f"model pretrained_cfg {key} must be a list of numbers, but got {v!r}"
+            )
         if key == "std" and any(x <= 0 for x in v):
             raise UnsupportedModelError(f"model pretrained_cfg std must be positive, but got {v!r}")
     if "interpolation" in cfg and cfg["interpolation"] not in INTERPOLATIONS:
-        raise UnsupportedModelError(f"model pretrained_cfg interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                                    f"but got {cfg['interpolation']!r}")
+        raise UnsupportedModelError(
+            f"model pretrained_cfg interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+            f"but got {cfg['interpolation']!r}"
+        )
     c = cfg.get("crop_pct")
     if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1):
-        raise UnsupportedModelError(f"model pretrained_cfg crop_pct must be in (0, 1], but got {c!r}")
+        raise UnsupportedModelError(
+            f"model pretrained_cfg crop_pct must be in (0, 1], but got {c!r}"
+        )
 
 
 def resolve_model_spec(model: str | None) -> ModelSpec:
@@ -174,7 +194,9 @@ def resolve_model_spec(model: str | None) -> ModelSpec:
     return ModelSpec(model)
 
 
-def build_model(spec: ModelSpec | str, device: str | torch.device | None = None) -> VisionTransformer:
+def build_model(
+    spec: ModelSpec | str, device: str | torch.device | None = None
+) -> VisionTransformer:
     """Builds the base model with random init (never downloads weights) and checks support."""
     spec = ModelSpec.from_obj(spec)
     try:
@@ -192,9 +214,17 @@ def build_model(spec: ModelSpec | str, device: str | torch.device | None = None)
         ) from None
     check_supported(model)
     if spec.name == DEFAULT_MODEL:  # how the embedded default was trained (prunetune.default.train)
-        model.pretrained_cfg = {"mean": (0.5,), "std": (0.5,), "crop_pct": 1.0, "interpolation": "bilinear"}
+        model.pretrained_cfg = {
+            "mean": (0.5,),
+            "std": (0.5,),
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+        }
     if spec.pretrained_cfg:
-        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **spec.pretrained_cfg}
+        model.pretrained_cfg = {
+            **(getattr(model, "pretrained_cfg", None) or {}),
+            **spec.pretrained_cfg,
+        }
     if device is not None:
         model = model.to(device)
     return model
@@ -278,10 +308,15 @@ class ViTArch:
         scales_with_neurons += 0 if isinstance(mlp.norm, nn.Identity) else _n(mlp.norm)
         block_total = _n(blk)
         for b in model.blocks:
-            if (b.attn.num_heads, b.attn.head_dim, b.mlp.fc1.out_features) != (H, d, M) or _n(b) != block_total:
+            if (b.attn.num_heads, b.attn.head_dim, b.mlp.fc1.out_features) != (H, d, M) or _n(
+                b
+            ) != block_total:
                 raise UnsupportedModelError("base model blocks must all have the same shape")
-        heads_out = [m for m in (getattr(model, "head", None), getattr(model, "head_dist", None))
-                     if isinstance(m, nn.Linear)]
+        heads_out = [
+            m
+            for m in (getattr(model, "head", None), getattr(model, "head_dist", None))
+            if isinstance(m, nn.Linear)
+        ]
         pe = model.patch_embed
         return cls(
             depth=len(model.blocks),
@@ -318,8 +353,10 @@ _ARCH_CACHE: dict[ModelSpec, ViTArch] = {}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_RESAVE = ("re-save it with torch.save(model.state_dict(), path) or as .safetensors "
-           "(safetensors.torch.save_file)")
+_RESAVE = (
+    "re-save it with torch.save(model.state_dict(), path) or as .safetensors "
+    "(safetensors.torch.save_file)"
+)
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:
@@ -382,10 +419,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if isinstance(state, dict):
-        bad = [(k, v) for k, v in state.items()
-               if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
-        got = (f"the entry {bad[0][0]!r}: {type(bad[0][1]).__name__}" if bad
-               else "an empty mapping" if not state else None)
+        bad = [
+            (k, v)
+            for k, v in state.items()
+            if not (isinstance(k, str) and isinstance(v, torch.Tensor))
+        ]
+        got = (
+            f"the entry {bad[0][0]!r}: {type(bad[0][1]).__name__}"
+            if bad
+            else "an empty mapping"
+            if not state
+            else None
+        )
     else:
         got = f"a {type(state).__name__}"
     if got is not None:

@@ -59,8 +59,9 @@ class Registry(Generic[T]):
 
         def deco(cls: type) -> type:
             if name in self._entries:
-                warnings.warn(f"{self.kind} {name!r} registered twice; the later one wins",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
+                )
             cls.name = name
             for k, v in attrs.items():
                 setattr(cls, k, v)

@@ -30,11 +30,17 @@ def augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.
     b = x.shape[0]
     angle = (torch.rand(b, generator=gen) - 0.5) * (2 * math.pi * 15 / 360)
     scale = 1 + (torch.rand(b, generator=gen) - 0.5) * 0.2
-    shift = (torch.randint(-max_shift, max_shift + 1, (b, 2), generator=gen).float() * 2 / x.shape[-1])
+    shift = (
+        torch.randint(-max_shift, max_shift + 1, (b, 2), generator=gen).float() * 2 / x.shape[-1]
+    )
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1  # background is -1
+    return (
+        F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
+    )  # background is -1
 
 
 def check_out(out: str | Path | None) -> Path | None:
@@ -52,8 +58,13 @@ def check_out(out: str | Path | None) -> Path | None:
     return prepare_out(out, overwrite=True)
 
 
-def train(epochs: int = 120, lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
-          out: str | Path | None = None) -> dict:
+def train(
+    epochs: int = 120,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> dict:
     """Trains digits_vit and writes its weights and metrics into ``out`` (default: the package).
 
     ``out`` is checked before any training, so a bad folder fails in a second, not at the end.
@@ -76,7 +87,8 @@ def train(epochs: int = 120, lr: float = 2e-3, batch_size: int = 64, seed: int =
     steps = epochs * len(loader)
     warm = 5 * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        opt,
+        lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
     )
     val_batches = list(make_loader(splits.val, 256))
     best, best_state = -1.0, None
@@ -99,9 +111,16 @@ def train(epochs: int = 120, lr: float = 2e-3, batch_size: int = 64, seed: int =
     metrics = {
         "model": ModelSpec(DEFAULT_MODEL).to_dict(),
         "kwargs": DIGITS_VIT_KWARGS,
-        "recipe": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-                   "optimizer": "AdamW(wd=0.05)", "schedule": "5-epoch warmup + cosine",
-                   "augment": "shift<=2px, rot<=7.5deg, scale +-10%", "label_smoothing": 0.1},
+        "recipe": {
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+            "optimizer": "AdamW(wd=0.05)",
+            "schedule": "5-epoch warmup + cosine",
+            "augment": "shift<=2px, rot<=7.5deg, scale +-10%",
+            "label_smoothing": 0.1,
+        },
         "val_accuracy": best,
         "test_accuracy": test,
         "train_seconds": round(time.time() - t0, 1),

@@ -16,7 +16,9 @@ class AccuracyResult(dict):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, batches, device: str | torch.device | None = None) -> AccuracyResult:
+def evaluate_accuracy(
+    model: nn.Module, batches, device: str | torch.device | None = None
+) -> AccuracyResult:
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``batches`` of (x, y)."""
     was_training = model.training
     model.eval()

@@ -98,8 +98,9 @@ def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
         if bc.token_keep < 1.0:
             bp += token_mode.extra_params(arch)
         if bc.sparsity > 0:
-            zeros += sum(num_zeroed(k, bc.sparsity)
-                         for k in _block_linear_numels(arch, heads[i], mlps[i]))
+            zeros += sum(
+                num_zeroed(k, bc.sparsity) for k in _block_linear_numels(arch, heads[i], mlps[i])
+            )
         blocks.append(BlockCost(i, True, n, heads[i], mlps[i], bm, bp))
         macs += bm
         params += bp
@@ -109,8 +110,11 @@ def estimate_cost(config: PruningConfig, arch: ViTArch | None = None) -> Cost:
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(parameters, parameters not zeroed by a sparsity mask) of a real model."""
     total = unmasked = 0
-    masks = {id(m.weight_orig): m.weight_mask for m in model.modules()
-             if hasattr(m, "weight_mask") and hasattr(m, "weight_orig")}
+    masks = {
+        id(m.weight_orig): m.weight_mask
+        for m in model.modules()
+        if hasattr(m, "weight_mask") and hasattr(m, "weight_orig")
+    }
     for p in model.parameters():
         total += p.numel()
         mask = masks.get(id(p))

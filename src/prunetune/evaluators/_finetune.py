@@ -16,14 +16,24 @@ from ..pruners._tokens import token_aux_loss
 __all__ = ["finetune", "distillation_loss"]
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                      alpha: float = 0.5, temperature: float = 2.0) -> torch.Tensor:
-    """``(1-alpha)·CE(student, y) + alpha·T²·KL(softmax(teacher/T) || softmax(student/T))`` (Hinton et al.)."""
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """``(1-alpha)·CE(student, y) + alpha·T²·KL(softmax(teacher/T) || softmax(student/T))``
+    (Hinton et al.)."""
     ce = F.cross_entropy(student_logits, target)
     if alpha == 0:
         return ce
-    kl = F.kl_div(F.log_softmax(student_logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
-                  reduction="batchmean", log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(student_logits / temperature, -1),
+        F.log_softmax(teacher_logits / temperature, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
     return (1 - alpha) * ce + alpha * temperature**2 * kl
 
 
@@ -50,8 +60,12 @@ def finetune(
     dev = next(student.parameters()).device
     loader = make_loader(train, batch_size, shuffle=True, seed=seed)
     steps = max(1, math.ceil(epochs * len(loader)))
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    opt = torch.optim.AdamW(
+        [p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     if teacher is not None:
         teacher.eval()
     student.train()
@@ -72,7 +86,9 @@ def finetune(
                 if aux is not None:
                     loss = loss + aux
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"fine-tuning loss became {loss.item()} at step {done}")
+                    raise FloatingPointError(
+                        f"fine-tuning loss became {loss.item()} at step {done}"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -26,7 +26,10 @@ class LatencyResult:
     device: str
 
     def __str__(self) -> str:
-        return f"{self.median_ms:.2f} ms (p10 {self.p10_ms:.2f}, p90 {self.p90_ms:.2f}; batch {self.batch_size})"
+        return (
+            f"{self.median_ms:.2f} ms (p10 {self.p10_ms:.2f}, p90 {self.p90_ms:.2f}; "
+            f"batch {self.batch_size})"
+        )
 
 
 @contextmanager
@@ -41,12 +44,20 @@ def _threads(n: int | None):
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 64,
-                    warmup: int = 5, repeats: int = 20, threads: int | None = None) -> LatencyResult:
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 64,
+    warmup: int = 5,
+    repeats: int = 20,
+    threads: int | None = None,
+) -> LatencyResult:
     """Times ``model`` on a random batch of ``input_shape`` images (eval mode)."""
     if repeats < 1 or warmup < 0 or batch_size < 1:
-        raise ValueError(f"measure_latency needs repeats >= 1, warmup >= 0, batch_size >= 1; "
-                         f"got repeats={repeats}, warmup={warmup}, batch_size={batch_size}")
+        raise ValueError(
+            f"measure_latency needs repeats >= 1, warmup >= 0, batch_size >= 1; "
+            f"got repeats={repeats}, warmup={warmup}, batch_size={batch_size}"
+        )
     dev = next(model.parameters()).device
     x = torch.randn(batch_size, *input_shape, device=dev)
     was = model.training

@@ -38,7 +38,9 @@ def _features(arch: ViTArch, n: int, h: int, m: int) -> list[float]:
 def _lstsq(x: list[list[float]], y: list[float]) -> list[float]:
     X = torch.tensor(x, dtype=torch.float64)
     scale = X.abs().amax(0).clamp_min(1e-12)
-    sol = torch.linalg.lstsq(X / scale, torch.tensor(y, dtype=torch.float64).unsqueeze(1)).solution.squeeze(1)
+    sol = torch.linalg.lstsq(
+        X / scale, torch.tensor(y, dtype=torch.float64).unsqueeze(1)
+    ).solution.squeeze(1)
     return (sol / scale).tolist()
 
 
@@ -64,43 +66,92 @@ class LatencyTable:
 
         heads, mlps = config.kept_heads(self.arch), config.kept_mlp(self.arch)
         tokens, _ = token_schedule(config, self.arch, heads)
-        return self.outside_ms + sum(self.block_ms(tokens[i], heads[i], mlps[i])
-                                     for i, b in enumerate(config.blocks) if b.keep)
+        return self.outside_ms + sum(
+            self.block_ms(tokens[i], heads[i], mlps[i])
+            for i, b in enumerate(config.blocks)
+            if b.keep
+        )
 
     @classmethod
-    def for_model(cls, base, batch_size: int = 64, rebuild: bool = False, samples: int = 24,
-                  seed: int = 0) -> LatencyTable:
+    def for_model(
+        cls, base, batch_size: int = 64, rebuild: bool = False, samples: int = 24, seed: int = 0
+    ) -> LatencyTable:
         """Loads the cached table for this device/model/batch, or measures and caches it."""
         model, arch = base.model, base.arch
         dev = next(model.parameters()).device
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu-{torch.get_num_threads()}t"
-        key = hashlib.sha1(json.dumps([base.spec.to_dict(), batch_size, name, torch.__version__],
-                                      sort_keys=True).encode()).hexdigest()[:16]
+        name = (
+            torch.cuda.get_device_name(dev)
+            if dev.type == "cuda"
+            else f"cpu-{torch.get_num_threads()}t"
+        )
+        key = hashlib.sha1(
+            json.dumps(
+                [base.spec.to_dict(), batch_size, name, torch.__version__], sort_keys=True
+            ).encode()
+        ).hexdigest()[:16]
         path = CACHE / f"{key}.json"
         if path.is_file() and not rebuild:
             d = json.loads(path.read_text())
-            return cls(arch, d["batch_size"], d["device"], d["threads"], d["outside_ms"], d["coef"], d["rows"],
-                       d.get("error_pct"))
-        table = cls._measure(base.spec, model, arch, base.input_shape, batch_size, name, samples, seed)
+            return cls(
+                arch,
+                d["batch_size"],
+                d["device"],
+                d["threads"],
+                d["outside_ms"],
+                d["coef"],
+                d["rows"],
+                d.get("error_pct"),
+            )
+        table = cls._measure(
+            base.spec, model, arch, base.input_shape, batch_size, name, samples, seed
+        )
         table.error_pct = table.validate(base.spec, model, base.input_shape, seed=seed + 1)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"batch_size": batch_size, "device": name, "threads": table.threads,
-                                   "outside_ms": table.outside_ms, "coef": table.coef, "rows": table.rows,
-                                   "error_pct": table.error_pct}, indent=1))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "batch_size": batch_size,
+                    "device": name,
+                    "threads": table.threads,
+                    "outside_ms": table.outside_ms,
+                    "coef": table.coef,
+                    "rows": table.rows,
+                    "error_pct": table.error_pct,
+                },
+                indent=1,
+            )
+        )
         tmp.replace(path)
         return table
 
     @classmethod
-    def _measure(cls, spec, model: nn.Module, arch: ViTArch, input_shape, batch_size: int, device: str,
-                 samples: int, seed: int) -> LatencyTable:
+    def _measure(
+        cls,
+        spec,
+        model: nn.Module,
+        arch: ViTArch,
+        input_shape,
+        batch_size: int,
+        device: str,
+        samples: int,
+        seed: int,
+    ) -> LatencyTable:
         rng = random.Random(seed)
         dev = next(model.parameters()).device
         rows = []
-        shapes = {(arch.num_tokens, arch.num_heads, arch.mlp_hidden), (arch.num_prefix_tokens + 1, 1, 1)}
+        shapes = {
+            (arch.num_tokens, arch.num_heads, arch.mlp_hidden),
+            (arch.num_prefix_tokens + 1, 1, 1),
+        }
         while len(shapes) < samples:
-            shapes.add((rng.randint(arch.num_prefix_tokens + 1, arch.num_tokens), rng.randint(1, arch.num_heads),
-                        rng.randint(1, arch.mlp_hidden)))
+            shapes.add(
+                (
+                    rng.randint(arch.num_prefix_tokens + 1, arch.num_tokens),
+                    rng.randint(1, arch.num_heads),
+                    rng.randint(1, arch.mlp_hidden),
+                )
+            )
         dense_block = model.blocks[0]
         with torch.no_grad():
             for n, h, m in sorted(shapes):
@@ -114,7 +165,10 @@ class LatencyTable:
             empty = copy.deepcopy(model)
             empty.blocks = nn.Sequential()
             outside = measure_latency(empty, input_shape, batch_size, warmup=2, repeats=7).median_ms
-        coef = _lstsq([_features(arch, r["tokens"], r["heads"], r["mlp"]) for r in rows], [r["ms"] for r in rows])
+        coef = _lstsq(
+            [_features(arch, r["tokens"], r["heads"], r["mlp"]) for r in rows],
+            [r["ms"] for r in rows],
+        )
         return cls(arch, batch_size, device, torch.get_num_threads(), outside, coef, rows)
 
     def validate(self, spec, model: nn.Module, input_shape, n: int = 5, seed: int = 1) -> float:
@@ -124,11 +178,18 @@ class LatencyTable:
         rng = random.Random(seed)
         errs = []
         for _ in range(n):
-            blocks = tuple(BlockConfig(heads=rng.randint(1, self.arch.num_heads), mlp=rng.randint(1, self.arch.mlp_hidden))
-                           for _ in range(self.arch.depth))
+            blocks = tuple(
+                BlockConfig(
+                    heads=rng.randint(1, self.arch.num_heads),
+                    mlp=rng.randint(1, self.arch.mlp_hidden),
+                )
+                for _ in range(self.arch.depth)
+            )
             cfg = PruningConfig(spec, blocks, criterion="magnitude_l1")
             pred = self.predict(cfg)
-            meas = measure_latency(prune(model, cfg), input_shape, self.batch_size, warmup=2, repeats=7).median_ms
+            meas = measure_latency(
+                prune(model, cfg), input_shape, self.batch_size, warmup=2, repeats=7
+            ).median_ms
             errs.append(abs(pred - meas) / meas)
         return 100 * sum(errs) / len(errs)
 

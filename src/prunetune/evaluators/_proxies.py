@@ -24,7 +24,15 @@ from ..registry import PROXIES
 from ._accuracy import evaluate_accuracy
 from ._finetune import finetune
 
-__all__ = ["ProxyContext", "register_proxy", "get_proxy", "list_proxies", "ZeroShotProxy", "ShortKDProxy"]
+__all__ = [
+    "ProxyContext",
+    "register_proxy",
+    "get_proxy",
+    "list_proxies",
+    "ZeroShotProxy",
+    "ShortKDProxy",
+]
+
 
 def register_proxy(name: str) -> Callable[[type], type]:
     """Class decorator registering a proxy evaluator under ``name`` (duplicates warn)."""
@@ -93,11 +101,17 @@ class ZeroShotProxy:
 
     def score(self, model: nn.Module) -> float:
         logits = _logits(model, self.batches)
-        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(self.dense_logits, -1),
-                      reduction="batchmean", log_target=True).item()
+        kl = F.kl_div(
+            F.log_softmax(logits, -1),
+            F.log_softmax(self.dense_logits, -1),
+            reduction="batchmean",
+            log_target=True,
+        ).item()
         acc = (logits.argmax(-1) == self.labels).float().mean().item()
         if kl != kl:  # NaN
-            raise FloatingPointError("zero-shot KL is NaN: the pruned model produced non-finite logits")
+            raise FloatingPointError(
+                "zero-shot KL is NaN: the pruned model produced non-finite logits"
+            )
         self.last = {"kl": kl, "accuracy": acc}
         return -kl
 
@@ -109,8 +123,17 @@ class ShortKDProxy:
     Works on a copy; the candidate passed in is left untouched.
     """
 
-    def __init__(self, dense: nn.Module, train, val: list, steps: int = 100, lr: float = 5e-4,
-                 batch_size: int = 64, seed: int = 0, progress: bool = False):
+    def __init__(
+        self,
+        dense: nn.Module,
+        train,
+        val: list,
+        steps: int = 100,
+        lr: float = 5e-4,
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: bool = False,
+    ):
         self.dense, self.train, self.val, self.steps = dense, train, val, steps
         self.lr, self.batch_size, self.seed = lr, batch_size, seed
         self.last: dict = {}
@@ -125,14 +148,24 @@ class ShortKDProxy:
     @classmethod
     def from_context(cls, ctx: ProxyContext, *, steps: int = 100) -> ShortKDProxy:
         cls.check(steps=steps)
-        return cls(ctx.dense, ctx.train, ctx.val, steps, ctx.lr, ctx.batch_size, ctx.seed, ctx.progress)
+        return cls(
+            ctx.dense, ctx.train, ctx.val, steps, ctx.lr, ctx.batch_size, ctx.seed, ctx.progress
+        )
 
     def score(self, model: nn.Module) -> float:
         student = copy.deepcopy(model)
         epochs = self.steps / max(1, -(-len(self.train) // self.batch_size))
-        finetune(student, self.train, teacher=self.dense, epochs=epochs, lr=self.lr,
-                 batch_size=self.batch_size, seed=self.seed, progress=self.progress,
-                 desc="short_kd (distil)")
+        finetune(
+            student,
+            self.train,
+            teacher=self.dense,
+            epochs=epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            progress=self.progress,
+            desc="short_kd (distil)",
+        )
         acc = evaluate_accuracy(student, self.val).accuracy
         self.last = {"accuracy": acc, "steps": self.steps}
         return acc

@@ -89,8 +89,9 @@ class Tiers:
             except (TypeError, ValueError) as e:
                 raise PrunetuneError(f"tier {label} ({spec.proxy}): {e}") from None
 
-    def run(self, model: nn.Module,
-            earlier: Callable[[str], Sequence[float]]) -> tuple[list[TierResult], bool]:
+    def run(
+        self, model: nn.Module, earlier: Callable[[str], Sequence[float]]
+    ) -> tuple[list[TierResult], bool]:
         """Scores ``model`` tier by tier: ``(results, reached_last)``.
 
         ``earlier(label)`` returns the study's earlier scores of that tier (for the gate).
@@ -101,8 +102,9 @@ class Tiers:
             score = float(proxy.score(model))
             fault_point(f"tier-{label}")
             passed = i == last or gate_passes(score, earlier(label), spec.keep, spec.warmup)
-            results.append(TierResult(label, spec.proxy, score, dict(getattr(proxy, "last", {})),
-                                      passed))
+            results.append(
+                TierResult(label, spec.proxy, score, dict(getattr(proxy, "last", {})), passed)
+            )
             if not passed:
                 return results, False
         return results, True

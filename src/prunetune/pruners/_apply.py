@@ -23,7 +23,10 @@ def _check(model: nn.Module, config: PruningConfig) -> None:
     if any(b.token_keep < 1.0 for b in config.blocks) and not any(
         get_pruner(n).applies(config) for n in list_pruners() if n.startswith("tokens")
     ):
-        raise ConfigError("token_keep < 1 needs a token pruner, and none is registered in this version")
+        raise ConfigError(
+            "token_keep < 1 needs a token pruner that applies to "
+            f"token_mode={config.token_mode!r}, but none in the pruner registry does"
+        )
 
 
 def prune(
@@ -69,15 +72,26 @@ def _needs_scores(config: PruningConfig, arch: ViTArch) -> bool:
     """Whether any pruner must choose units (depth and token-only configs choose none)."""
     if config.width_mode == "threshold":
         return any(b.keep and (b.head_threshold or b.mlp_threshold) for b in config.blocks)
-    return any(b.keep and ((b.heads is not None and b.heads < arch.num_heads)
-                           or (b.mlp is not None and b.mlp < arch.mlp_hidden) or b.sparsity > 0)
-               for b in config.blocks)
+    return any(
+        b.keep
+        and (
+            (b.heads is not None and b.heads < arch.num_heads)
+            or (b.mlp is not None and b.mlp < arch.mlp_hidden)
+            or b.sparsity > 0
+        )
+        for b in config.blocks
+    )
 
 
 def _resolve_identity(config: PruningConfig) -> PruningConfig:
-    blocks = tuple(BlockConfig(keep=b.keep, sparsity=b.sparsity, token_keep=b.token_keep) for b in config.blocks)
+    blocks = tuple(
+        BlockConfig(keep=b.keep, sparsity=b.sparsity, token_keep=b.token_keep)
+        for b in config.blocks
+    )
     meta = {**config._meta, "resolved_from": config.to_dict()}
-    return PruningConfig(config.model, blocks, config.criterion, "count", token_mode=config.token_mode, _meta=meta)
+    return PruningConfig(
+        config.model, blocks, config.criterion, "count", token_mode=config.token_mode, _meta=meta
+    )
 
 
 def rebuild_structure(model: nn.Module, config: PruningConfig) -> nn.Module:

@@ -28,7 +28,9 @@ class Pruner(Protocol):
 
     def applies(self, config: PruningConfig) -> bool: ...
 
-    def apply(self, model: nn.Module, config: PruningConfig, scores: SaliencyScores | None) -> None: ...
+    def apply(
+        self, model: nn.Module, config: PruningConfig, scores: SaliencyScores | None
+    ) -> None: ...
 
 
 def register_pruner(name: str, order: int):

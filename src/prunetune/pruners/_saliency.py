@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import SALIENCIES
 from ..errors import ConfigError
+from ..registry import SALIENCIES
 
 __all__ = [
     "Saliency",
@@ -76,16 +76,24 @@ def get_saliency(criterion: str | Saliency, **kwargs) -> Saliency:
     """Returns an instance for a registered name, or ``criterion`` itself if it is one."""
     if not isinstance(criterion, str):
         if isinstance(criterion, type):
-            raise ConfigError(f"got the class {criterion.__name__}, not an instance; pass {criterion.__name__}()")
+            raise ConfigError(
+                f"got the class {criterion.__name__}, not an instance; pass {criterion.__name__}()"
+            )
         if not isinstance(criterion, Saliency):
-            raise ConfigError(f"a saliency must have .name and .scores(model, batches), got {criterion!r}")
+            raise ConfigError(
+                f"a saliency must have .name and .scores(model, batches), got {criterion!r}"
+            )
         return criterion
     if criterion not in SALIENCIES:
-        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(list_saliencies())}")
+        raise ConfigError(
+            f"unknown criterion {criterion!r}; choose one of {', '.join(list_saliencies())}"
+        )
     return SALIENCIES.get(criterion)(**kwargs)
 
 
-def compute_scores(model: nn.Module, criterion: str | Saliency, batches: Iterable | None, **kwargs) -> SaliencyScores:
+def compute_scores(
+    model: nn.Module, criterion: str | Saliency, batches: Iterable | None, **kwargs
+) -> SaliencyScores:
     """Convenience: ``get_saliency(criterion, **kwargs).scores(model, batches)``."""
     return get_saliency(criterion, **kwargs).scores(model, list(batches or []))
 
@@ -95,11 +103,19 @@ def compute_scores(model: nn.Module, criterion: str | Saliency, batches: Iterabl
 
 def _block_params(model: nn.Module) -> dict[str, nn.Parameter]:
     """The prunable block parameters (token-keep predictors are not scored)."""
-    return {n: p for n, p in model.named_parameters() if n.startswith("blocks.") and ".keep_predictor." not in n}
+    return {
+        n: p
+        for n, p in model.named_parameters()
+        if n.startswith("blocks.") and ".keep_predictor." not in n
+    }
 
 
-def group_scores(model: nn.Module, elements: dict[str, torch.Tensor], criterion: str,
-                 finalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SaliencyScores:
+def group_scores(
+    model: nn.Module,
+    elements: dict[str, torch.Tensor],
+    criterion: str,
+    finalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> SaliencyScores:
     """Sums element scores per head, MLP neuron and block (then applies ``finalize``)."""
     fin = finalize or (lambda t: t)
     dev = next(iter(elements.values())).device if elements else torch.device("cpu")
@@ -209,8 +225,9 @@ def _mean_grad(model: nn.Module, batches: list) -> dict[str, torch.Tensor]:
     return acc
 
 
-def hutchinson_hessian_diag(model: nn.Module, batches: list, num_probes: int = 32,
-                            seed: int = 0) -> dict[str, torch.Tensor]:
+def hutchinson_hessian_diag(
+    model: nn.Module, batches: list, num_probes: int = 32, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Hutchinson estimate of the Hessian diagonal of the mean cross-entropy.
 
     ``diag(H) ≈ mean_k z_k ⊙ (H z_k)`` with Rademacher ``z_k``; ``H z`` by a Hessian-vector
@@ -237,7 +254,9 @@ def hutchinson_hessian_diag(model: nn.Module, batches: list, num_probes: int = 3
     return dict(zip(names, [e.detach() for e in est]))
 
 
-def empirical_fisher_diag(model: nn.Module, batches: list, chunk: int = 64) -> dict[str, torch.Tensor]:
+def empirical_fisher_diag(
+    model: nn.Module, batches: list, chunk: int = 64
+) -> dict[str, torch.Tensor]:
     """Empirical Fisher diagonal: mean over samples of the squared per-sample gradient.
 
     Per-sample gradients come from ``torch.func.vmap(grad(...))`` over chunks of samples.
@@ -263,10 +282,10 @@ def empirical_fisher_diag(model: nn.Module, batches: list, chunk: int = 64) -> d
         for x, y in batches:
             x, y = x.to(dev), y.to(dev)
             for s in range(0, len(y), chunk):
-                g = per_sample(params, x[s:s + chunk], y[s:s + chunk])
+                g = per_sample(params, x[s : s + chunk], y[s : s + chunk])
                 for n in acc:
                     acc[n] += g[n].pow(2).sum(0)
-                count += len(y[s:s + chunk])
+                count += len(y[s : s + chunk])
     return {n: a / count for n, a in acc.items()}
 
 
@@ -343,7 +362,8 @@ class FisherDiag:
 
 @register_saliency("activation")
 class ActivationMagnitude:
-    """Mean |activation| of each head's output and each MLP neuron; block = relative residual update.
+    """Mean |activation| of each head's output and each MLP neuron; block = relative residual
+    update.
 
     Element scores are |w_ij|·‖x_j‖ (each weight times the RMS of its input feature, as Wanda).
     """
@@ -362,6 +382,7 @@ class ActivationMagnitude:
                 sums[name + ".abs"] = sums.get(name + ".abs", 0) + x.abs().sum(0).double()
                 sums[name + ".sq"] = sums.get(name + ".sq", 0) + x.pow(2).sum(0).double()
                 counts[name] = counts.get(name, 0) + x.shape[0]
+
             return hook
 
         block_in: dict[int, torch.Tensor] = {}
@@ -369,6 +390,7 @@ class ActivationMagnitude:
         def norm1_hook(i):
             def hook(mod, inp):  # the block's input after any token reduction
                 block_in[i] = inp[0].detach()
+
             return hook
 
         def blk_hook(i):
@@ -377,6 +399,7 @@ class ActivationMagnitude:
                 rel = (out.detach() - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)
                 block_rel[i] += rel.double().sum().item()
                 counts[f"block{i}"] = counts.get(f"block{i}", 0) + rel.numel()
+
             return hook
 
         for n, mod in model.named_modules():
@@ -421,9 +444,12 @@ class RandomSaliency:
 
     def scores(self, model, batches=()):
         gen = torch.Generator().manual_seed(self.seed)
-        el = {n: torch.rand(p.shape, generator=gen).to(p.device) for n, p in _block_params(model).items()}
+        el = {
+            n: torch.rand(p.shape, generator=gen).to(p.device)
+            for n, p in _block_params(model).items()
+        }
         heads = [torch.rand(b.attn.num_heads, generator=gen) for b in model.blocks]
         mlp = [torch.rand(b.mlp.fc1.out_features, generator=gen) for b in model.blocks]
-        return SaliencyScores(self.name, heads, mlp, torch.rand(len(model.blocks), generator=gen), el)
-
-
+        return SaliencyScores(
+            self.name, heads, mlp, torch.rand(len(model.blocks), generator=gen), el
+        )

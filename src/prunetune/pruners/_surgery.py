@@ -30,19 +30,24 @@ def check_finite(scores: torch.Tensor, what: str) -> None:
     """Raises FloatingPointError on NaN/inf scores (a sort would rank them silently)."""
     if not torch.isfinite(scores).all():
         bad = int((~torch.isfinite(scores)).sum())
-        raise FloatingPointError(f"{bad} of {scores.numel()} {what} saliency scores are NaN or infinite")
+        raise FloatingPointError(
+            f"{bad} of {scores.numel()} {what} saliency scores are NaN or infinite"
+        )
 
 
 @torch.no_grad()
-def slice_linear(lin: nn.Linear, out_idx: torch.Tensor | None = None,
-                 in_idx: torch.Tensor | None = None) -> nn.Linear:
+def slice_linear(
+    lin: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None
+) -> nn.Linear:
     """A new Linear keeping output rows ``out_idx`` and input columns ``in_idx``."""
     w = lin.weight
     if out_idx is not None:
         w = w[out_idx.to(w.device)]
     if in_idx is not None:
         w = w[:, in_idx.to(w.device)]
-    new = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype)
+    new = nn.Linear(
+        w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype
+    )
     new.weight.copy_(w)
     if lin.bias is not None:
         new.bias.copy_(lin.bias if out_idx is None else lin.bias[out_idx.to(w.device)])
@@ -69,12 +74,18 @@ def slice_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
     for name in ("weight", "bias"):
         p = getattr(norm, name)
         if p is not None:
-            setattr(new, name, nn.Parameter(p[idx.to(p.device)].clone(), requires_grad=p.requires_grad))
+            setattr(
+                new, name, nn.Parameter(p[idx.to(p.device)].clone(), requires_grad=p.requires_grad)
+            )
     return new
 
 
-def slice_element_scores(scores: SaliencyScores | None, key: str, out_idx: torch.Tensor | None = None,
-                         in_idx: torch.Tensor | None = None) -> None:
+def slice_element_scores(
+    scores: SaliencyScores | None,
+    key: str,
+    out_idx: torch.Tensor | None = None,
+    in_idx: torch.Tensor | None = None,
+) -> None:
     """Slices the element scores of parameter ``key`` like the parameter itself.
 
     Structured pruners run before unstructured sparsity, which looks element scores up by the

@@ -20,6 +20,10 @@ holds nothing mode-specific:
 - :class:`TokenPruner`: the one token pruner, registered as ``tokens_<mode>`` for every mode
   (registering a mode registers its pruner), which swaps the blocks and lets the mode
   ``install`` what it needs.
+
+``TOKEN_MODES`` here is the tuple of registered mode names (read from the registry when
+accessed). The modes import this module, never the reverse: ``prunetune.pruners`` imports
+``token_modes`` after it, which registers the built-in modes.
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ if TYPE_CHECKING:
     from ..models import ViTArch
     from .token_modes import TokenMode
 
+    #: Names of the registered token modes (see the module ``__getattr__``).
+    TOKEN_MODES: tuple[str, ...]
+
 __all__ = [
     "TOKEN_MODES",
-    "KeepPredictor",
     "ReductionStep",
     "TokenBlock",
     "TokenContext",
@@ -51,6 +57,7 @@ __all__ = [
     "check_timm_support",
     "gather_tokens",
     "kept_tokens",
+    "register_token_pruner",
     "token_aux_loss",
     "token_schedule",
 ]
@@ -147,8 +154,12 @@ def _timm_problem() -> str | None:
         attn.qkv, attn.proj = nn.Linear(dim, 3 * head_dim), nn.Linear(head_dim, dim)
         attn.num_heads, attn.attn_dim = 1, head_dim
         seen = {}
-        hooks = [getattr(attn, f"{w}_norm").register_forward_hook(
-            lambda mod, args, out, w=w: seen.__setitem__(w, tuple(out.shape))) for w in "qk"]
+        hooks = [
+            getattr(attn, f"{w}_norm").register_forward_hook(
+                lambda mod, args, out, w=w: seen.__setitem__(w, tuple(out.shape))
+            )
+            for w in "qk"
+        ]
         try:
             plain = blk(x)
         except RuntimeError as e:
@@ -230,14 +241,15 @@ class TokenBlock(Block):
     token_keep: float
     token_kept: int
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
         ctx = self.token_ctx
         if self.token_keep < 1.0:
             x = ctx.mode.reduce(self, ctx, x)
         if attn_mask is None:
             attn_mask = ctx.mode.attn_bias(ctx, x)
-        if is_causal:
+        if is_causal:  # passed only when set: check_timm_support checks the attn_mask call
             return super().forward(x, attn_mask=attn_mask, is_causal=True)
         return super().forward(x, attn_mask=attn_mask)
 
@@ -260,7 +272,8 @@ class TokenPruner:
 
     def applies(self, config) -> bool:
         return config.token_mode == self.mode and any(
-            b.token_keep < 1.0 for b in config.blocks if b.keep)
+            b.token_keep < 1.0 for b in config.blocks if b.keep
+        )
 
     def apply(self, model, config, scores) -> None:
         check_timm_support()
@@ -273,12 +286,12 @@ class TokenPruner:
         for i in kept:
             blk, rate = model.blocks[i], config.blocks[i].token_keep
             if i >= first:
+                blk.token_ctx, blk.token_keep = ctx, rate
                 if rate < 1.0:
-                    blk.token_keep, blk.token_kept = rate, kept_tokens(p, rate)
-                    mode.install(model, blk, prev, ctx)  # before the first swap: may refuse
+                    blk.token_kept = kept_tokens(p, rate)
+                    mode.install(model, blk, prev, ctx)  # may refuse the model: before any swap
                     p = mode.tokens_out(p, blk.token_kept)
                 blk.__class__ = TokenBlock
-                blk.token_ctx, blk.token_keep = ctx, rate
             prev = blk
         model._token_ctx = ctx
         model.patch_embed.register_forward_pre_hook(_Reset(ctx))
@@ -292,9 +305,7 @@ def register_token_pruner(mode: str) -> None:
         PRUNERS.register(name, order=TOKEN_PRUNER_ORDER)(cls)
 
 
-# The modes import the machinery above; importing them here registers the built-in ones.
-from .token_modes import KeepPredictor  # noqa: E402
-
-#: Names of the built-in token modes (registered on import). The registry
-#: :data:`prunetune.registry.TOKEN_MODES` is the live list, plug-ins included.
-TOKEN_MODES: tuple[str, ...] = tuple(_MODE_REGISTRY.names())
+def __getattr__(name: str):
+    if name == "TOKEN_MODES":  # the registered mode names, read when asked (plug-ins included)
+        return tuple(_MODE_REGISTRY.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -48,8 +48,10 @@ class UnstructuredPruner:
                     key = f"blocks.{i}.{name}.weight"
                     el = (scores.elements or {}).get(key)
                     if el is not None and el.shape != w.shape:
-                        raise ValueError(f"element scores of {key} have shape {tuple(el.shape)}, "
-                                         f"but the weight has shape {tuple(w.shape)}")
+                        raise ValueError(
+                            f"element scores of {key} have shape {tuple(el.shape)}, "
+                            f"but the weight has shape {tuple(w.shape)}"
+                        )
                     s = w.abs() if el is None else el
                     check_finite(s, f"element ({key})")
                     idx = torch.argsort(s.reshape(-1).double(), stable=True)[:k]

@@ -23,8 +23,9 @@ __all__ = ["InProcessBackend", "RayBackend", "run_trials"]
 class _Progress:
     def __init__(self, study: optuna.Study, total: int, enabled: bool):
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-        self.bar = tqdm(total=total, initial=min(done, total), desc="search", unit="trial",
-                        disable=not enabled)
+        self.bar = tqdm(
+            total=total, initial=min(done, total), desc="search", unit="trial", disable=not enabled
+        )
 
     def __call__(self, study, trial) -> None:
         self.bar.update(1)
@@ -33,14 +34,17 @@ class _Progress:
             self.bar.set_postfix(acc=f"{trial.values[0]:.3f}", mmacs=f"{mmacs:.2f}")
 
     def waiting(self, running: int) -> None:
-        self.bar.set_description(f"search (waiting for {running} running trial{'s' * (running != 1)})")
+        self.bar.set_description(
+            f"search (waiting for {running} running trial{'s' * (running != 1)})"
+        )
 
     def close(self) -> None:
         self.bar.close()
 
 
-def run_trials(study: optuna.Study, objective, settings, progress: bool = True,
-               poll: float = 2.0) -> list[int]:
+def run_trials(
+    study: optuna.Study, objective, settings, progress: bool = True, poll: float = 2.0
+) -> list[int]:
     """Runs trials in this process until the study holds ``settings.n_trials`` finished ones.
 
     ``n_trials`` is a study total shared by every worker: under the study's lock a worker
@@ -65,16 +69,18 @@ def run_trials(study: optuna.Study, objective, settings, progress: bool = True,
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
                 done, running = trial_counts(study)
-                if done >= settings.n_trials or (done + running >= settings.n_trials
-                                                 and not settings.run_final):
+                if done >= settings.n_trials or (
+                    done + running >= settings.n_trials and not settings.run_final
+                ):
                     return ran
                 if done + running >= settings.n_trials:
                     bar.waiting(running)
                     lock.release()
                     time.sleep(poll)
                     continue
-                study.optimize(locked_objective, n_trials=1, callbacks=[bar],
-                               catch=(FloatingPointError,))
+                study.optimize(
+                    locked_objective, n_trials=1, callbacks=[bar], catch=(FloatingPointError,)
+                )
             finally:
                 lock.release()
     finally:
@@ -109,6 +115,12 @@ class RayBackend:
     def run(study: optuna.Study, evaluator, settings, progress: bool = True) -> list[int] | None:
         from ._ray import run_ray
 
-        run_ray(study, evaluator, settings, workers=settings.workers, address=settings.address,
-                progress=progress)
+        run_ray(
+            study,
+            evaluator,
+            settings,
+            workers=settings.workers,
+            address=settings.address,
+            progress=progress,
+        )
         return None

@@ -122,7 +122,9 @@ def parse_budget(text: str) -> Budget:
         return Budget(metric, None, num / 100, text)
     if BUDGET_METRICS.get(metric).time:
         if unit not in ("ms", ""):
-            raise BudgetError(f"{m.group(1)} budgets are in ms (e.g. {m.group(1)}=4ms), got {text!r}")
+            raise BudgetError(
+                f"{m.group(1)} budgets are in ms (e.g. {m.group(1)}=4ms), got {text!r}"
+            )
         return Budget(metric, num * factor, None, text)
     if unit == "ms":
         raise BudgetError(f"'ms' is a latency unit; got {text!r}")
@@ -150,8 +152,9 @@ def _scaled(config: PruningConfig, arch: ViTArch, s: float) -> PruningConfig:
     return config.replace(blocks=tuple(blocks))
 
 
-def repair(config: PruningConfig, arch: ViTArch, budget: Budget, latency_model=None,
-           iters: int = 30) -> tuple[PruningConfig, bool]:
+def repair(
+    config: PruningConfig, arch: ViTArch, budget: Budget, latency_model=None, iters: int = 30
+) -> tuple[PruningConfig, bool]:
     """Returns ``(config, repaired)`` with cost <= budget, shrinking widths onto the boundary.
 
     A count-mode config over budget has its heads, MLP widths and token keep rates scaled by
@@ -162,7 +165,9 @@ def repair(config: PruningConfig, arch: ViTArch, budget: Budget, latency_model=N
         return config, False
     lo, hi = 0.0, 1.0
     if cost_of(_scaled(config, arch, lo), arch, budget.metric, latency_model) > budget.limit:
-        raise InfeasibleConfigError(f"no scaling of this candidate fits the budget {budget.describe()}")
+        raise InfeasibleConfigError(
+            f"no scaling of this candidate fits the budget {budget.describe()}"
+        )
     for _ in range(iters):
         mid = (lo + hi) / 2
         if cost_of(_scaled(config, arch, mid), arch, budget.metric, latency_model) <= budget.limit:
@@ -175,5 +180,3 @@ def repair(config: PruningConfig, arch: ViTArch, budget: Budget, latency_model=N
 def minimum_config(config: PruningConfig, arch: ViTArch) -> PruningConfig:
     """The cheapest shape reachable from ``config``'s depth choices: one head, one neuron."""
     return _scaled(config, arch, 0.0)
-
-

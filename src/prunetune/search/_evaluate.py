@@ -31,14 +31,29 @@ class Evaluator:
         progress: Lets the proxies show progress bars.
     """
 
-    def __init__(self, settings: SearchSettings, space: SearchSpace | None = None,
-                 announce: Callable[[str], None] | None = None, progress: bool = False):
+    def __init__(
+        self,
+        settings: SearchSettings,
+        space: SearchSpace | None = None,
+        announce: Callable[[str], None] | None = None,
+        progress: bool = False,
+    ):
         self.settings = s = settings
         spec = resolve_model_spec(s.model)
         self.base = _session.load_base(
-            spec, s.checkpoint, s.data, s.download, s.data_root, s.device, mean=s.mean, std=s.std,
-            interpolation=s.interpolation, crop_pct=s.crop_pct, announce=announce,
-            check_dense=s.check_dense)
+            spec,
+            s.checkpoint,
+            s.data,
+            s.download,
+            s.data_root,
+            s.device,
+            mean=s.mean,
+            std=s.std,
+            interpolation=s.interpolation,
+            crop_pct=s.crop_pct,
+            announce=announce,
+            check_dense=s.check_dense,
+        )
         self.space = space or load_space(spec, s.space)
         self.arch = self.base.arch
         dense = PruningConfig.dense(spec)
@@ -48,23 +63,38 @@ class Evaluator:
         if BUDGET_METRICS.get(budget.metric).time:
             from ..evaluators import LatencyTable
 
-            self.latency_model = LatencyTable.for_model(self.base, s.latency_batch,
-                                                        rebuild=s.refresh_latency_table)
+            self.latency_model = LatencyTable.for_model(
+                self.base, s.latency_batch, rebuild=s.refresh_latency_table
+            )
         self.dense_value = cost_of(dense, self.arch, budget.metric, self.latency_model)
         self.budget: Budget = budget.resolve(self.dense_value)
         self._check_reachable()
         self.calib = self.base.calibration(s.calib_samples, s.batch_size, s.seed)
         self.val = self.base.val_batches()
-        self.tiers = Tiers(s.tiers, ProxyContext(
-            self.base.model, self.calib, self.base.data.train, self.val, s.lr, s.batch_size, s.seed,
-            progress))
+        self.tiers = Tiers(
+            s.tiers,
+            ProxyContext(
+                self.base.model,
+                self.calib,
+                self.base.data.train,
+                self.val,
+                s.lr,
+                s.batch_size,
+                s.seed,
+                progress,
+            ),
+        )
         self._scores: dict = {}
         self.dense_accuracy = self.base.dense_accuracy
 
     def _check_reachable(self) -> None:
-        params = {d.name: (d.low if d.kind != "categorical" else d.choices[-1]) for d in self.space.dims}
+        params = {
+            d.name: (d.low if d.kind != "categorical" else d.choices[-1]) for d in self.space.dims
+        }
         params = {k: v for k, v in params.items() if not k.startswith(("criterion", "token_mode"))}
-        shape = self.space.to_config(params)  # every droppable block dropped, lowest token keep rates
+        shape = self.space.to_config(
+            params
+        )  # every droppable block dropped, lowest token keep rates
         blocks = tuple(BlockConfig(keep=b.keep, token_keep=b.token_keep) for b in shape.blocks)
         cheapest = minimum_config(shape.replace(width_mode="count", blocks=blocks), self.arch)
         low = cost_of(cheapest, self.arch, self.budget.metric, self.latency_model)
@@ -92,7 +122,9 @@ class Evaluator:
             raise InfeasibleConfigError(str(e)) from None
         return repair(config, self.arch, self.budget, self.latency_model)
 
-    def evaluate(self, params: dict, study: optuna.Study) -> tuple[TrialRecord, tuple[float, float] | None]:
+    def evaluate(
+        self, params: dict, study: optuna.Study
+    ) -> tuple[TrialRecord, tuple[float, float] | None]:
         """Scores one sample: ``(record, (accuracy, cost))``, or values None when stopped early.
 
         A candidate is stopped early (a PRUNED trial) when it cannot be made to fit the budget
@@ -104,13 +136,20 @@ class Evaluator:
             return TrialRecord(stopped=f"infeasible: {e}"), None
         cost = estimate_cost(config, self.arch)
         value = cost_of(config, self.arch, self.budget.metric, self.latency_model)
-        rec = dict(config=config.to_dict(), macs=cost.macs, params=cost.params, repaired=repaired,
-                   constraint=value - self.budget.limit, budget_metric=self.budget.metric,
-                   budget_value=value)
+        rec = dict(
+            config=config.to_dict(),
+            macs=cost.macs,
+            params=cost.params,
+            repaired=repaired,
+            constraint=value - self.budget.limit,
+            budget_metric=self.budget.metric,
+            budget_value=value,
+        )
         model = prune(self.base.model, config, scores=self.scores(config.criterion))
         if self.settings.measure_latency:
-            rec["latency_ms"] = measure_latency(model, self.base.input_shape,
-                                                self.settings.latency_batch).median_ms
+            rec["latency_ms"] = measure_latency(
+                model, self.base.input_shape, self.settings.latency_batch
+            ).median_ms
             if self.latency_model is not None:
                 rec["latency_predicted_ms"] = value
         results, reached = self.tiers.run(model, lambda label: _earlier_scores(study, label))
@@ -121,7 +160,8 @@ class Evaluator:
         return TrialRecord(**rec, tiers=tuple(results)), (results[-1].score, objective)
 
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
-        """Optuna objective: suggest, evaluate, record; early-stopped candidates raise TrialPruned."""
+        """Optuna objective: suggest, evaluate, record; early-stopped candidates raise
+        TrialPruned."""
         rec, values = self.evaluate(self.space.suggest(trial), trial.study)
         rec.write(trial)
         if values is None:
@@ -129,11 +169,21 @@ class Evaluator:
         return values
 
     def final_model(self, config: PruningConfig, progress: bool = True, desc: str = "fine-tune"):
-        """Prune and fine-tune with the Pareto-stage recipe (what ``prunetune prune`` reproduces)."""
+        """Prune and fine-tune with the Pareto-stage recipe (what ``prunetune prune``
+        reproduces)."""
         s = self.settings
         model = prune(self.base.model, config, scores=self.scores(config.criterion))
-        finetune(model, self.base.data.train, teacher=self.base.model, epochs=s.final_epochs, lr=s.lr,
-                 batch_size=s.batch_size, seed=s.seed, progress=progress, desc=desc)
+        finetune(
+            model,
+            self.base.data.train,
+            teacher=self.base.model,
+            epochs=s.final_epochs,
+            lr=s.lr,
+            batch_size=s.batch_size,
+            seed=s.seed,
+            progress=progress,
+            desc=desc,
+        )
         return model
 
 

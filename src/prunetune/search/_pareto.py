@@ -44,13 +44,21 @@ def run_pareto_stage(study: optuna.Study, ev, progress: bool = True) -> dict[int
             continue
         rec = TrialRecord.of(t)
         config = PruningConfig.from_dict(rec.config)
-        model = ev.final_model(config, progress,
-                               desc=f"fine-tune trial {t.number} ({s.final_epochs:g} epochs)")
-        res = {"trial": t.number, "val_accuracy": evaluate_accuracy(model, ev.val).accuracy,
-               "macs": rec.macs, "params": rec.params, "epochs": s.final_epochs,
-               "tiers": {r.tier: r.score for r in rec.tiers}}
+        model = ev.final_model(
+            config, progress, desc=f"fine-tune trial {t.number} ({s.final_epochs:g} epochs)"
+        )
+        res = {
+            "trial": t.number,
+            "val_accuracy": evaluate_accuracy(model, ev.val).accuracy,
+            "macs": rec.macs,
+            "params": rec.params,
+            "epochs": s.final_epochs,
+            "tiers": {r.tier: r.score for r in rec.tiers},
+        }
         if ev.base.data.test is not None:
-            res["test_accuracy"] = evaluate_accuracy(model, make_loader(ev.base.data.test, 256)).accuracy
+            res["test_accuracy"] = evaluate_accuracy(
+                model, make_loader(ev.base.data.test, 256)
+            ).accuracy
         save_pruned(model, art / f"trial_{t.number}", config, res)
         fault_point("pareto")
         set_final(study, t.number, res)
@@ -60,8 +68,14 @@ def run_pareto_stage(study: optuna.Study, ev, progress: bool = True) -> dict[int
         rows = list(finals.values())
         final = [r["val_accuracy"] for r in rows]
         labels = sorted({k for r in rows for k in r.get("tiers", {})})
-        study.set_user_attr("proxy_kendall_tau", {
-            **{f"tier_{k}": _kendall([r.get("tiers", {}).get(k) for r in rows], final) for k in labels},
-            "n": len(rows),
-        })
+        study.set_user_attr(
+            "proxy_kendall_tau",
+            {
+                **{
+                    f"tier_{k}": _kendall([r.get("tiers", {}).get(k) for r in rows], final)
+                    for k in labels
+                },
+                "n": len(rows),
+            },
+        )
     return finals

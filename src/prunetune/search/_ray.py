@@ -58,8 +58,9 @@ class _Heartbeats:
         self.ids: dict[str, int] = {}
         self.lock = threading.Lock()
         self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name="prunetune-ray-heartbeat")
+        self.thread = threading.Thread(
+            target=self._run, daemon=True, name="prunetune-ray-heartbeat"
+        )
 
     def add(self, ray_trial_id: str, number: int) -> None:
         tid = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -124,8 +125,16 @@ class _Search(Searcher):
         grace_period: Seconds after which a silent trial counts as dead.
     """
 
-    def __init__(self, space: SearchSpace, storage: str, study_name: str, sampler: str,
-                 seed: int | None, n_trials: int, grace_period: int | None = None):
+    def __init__(
+        self,
+        space: SearchSpace,
+        storage: str,
+        study_name: str,
+        sampler: str,
+        seed: int | None,
+        n_trials: int,
+        grace_period: int | None = None,
+    ):
         super().__init__()
         self.space, self.storage, self.study_name = space, storage, study_name
         self.sampler, self.seed, self.n_trials = sampler, seed, n_trials
@@ -163,8 +172,9 @@ class _Search(Searcher):
         run.beats.add(trial_id, trial.number)
         return params
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         run = self._run()
         run.beats.discard(trial_id)
         trial = run.trials.pop(trial_id, None)
@@ -181,17 +191,27 @@ class _Search(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's checkpoint: which study this searcher serves (the study holds the rest)."""
-        Path(checkpoint_path).write_text(json.dumps({
-            "storage": self.storage, "study_name": self.study_name, "sampler": self.sampler,
-            "seed": self.seed, "n_trials": self.n_trials, "grace_period": self.grace_period}))
+        Path(checkpoint_path).write_text(
+            json.dumps(
+                {
+                    "storage": self.storage,
+                    "study_name": self.study_name,
+                    "sampler": self.sampler,
+                    "seed": self.seed,
+                    "n_trials": self.n_trials,
+                    "grace_period": self.grace_period,
+                }
+            )
+        )
 
     def restore(self, checkpoint_path: str) -> None:
         for k, v in json.loads(Path(checkpoint_path).read_text()).items():
             setattr(self, k, v)
 
 
-def _trainable(params: dict, evaluator=None, storage: str = "", study_name: str = "",
-               threads: int = 1) -> None:
+def _trainable(
+    params: dict, evaluator=None, storage: str = "", study_name: str = "", threads: int = 1
+) -> None:
     from ray import tune
 
     from ._study import load_study
@@ -208,8 +228,10 @@ def _trainable(params: dict, evaluator=None, storage: str = "", study_name: str 
     tune.report(result)
 
 
-_CHECK_HEAD = ("check that `ray start --head` runs there (host:port is its GCS port, ray:// its "
-               "client server port, 10001 by default)")
+_CHECK_HEAD = (
+    "check that `ray start --head` runs there (host:port is its GCS port, ray:// its "
+    "client server port, 10001 by default)"
+)
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -218,8 +240,9 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     (``ray.init`` would wait.)
     """
     if not isinstance(address, str) or not address.strip() or address.strip() == "local":
-        raise PrunetuneError(f"--address {address!r} is not a cluster address; "
-                             f"use host:port or ray://host:port")
+        raise PrunetuneError(
+            f"--address {address!r} is not a cluster address; use host:port or ray://host:port"
+        )
     address = address.strip()
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
@@ -228,8 +251,9 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        raise PrunetuneError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e}; "
-                             f"{_CHECK_HEAD}") from None
+        raise PrunetuneError(
+            f"cannot connect to the Ray cluster at {address}: {e.strerror or e}; {_CHECK_HEAD}"
+        ) from None
 
 
 def _connect(address: str | None, workers: int, progress: bool) -> None:
@@ -245,15 +269,20 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": False}
     if address is None:
-        ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1),
-                 include_dashboard=False, **quiet)
+        ray.init(
+            address="local",
+            num_cpus=max(workers, os.cpu_count() or 1),
+            include_dashboard=False,
+            **quiet,
+        )
         ip = ray.util.get_node_ip_address()
         if ip not in ("127.0.0.1", "::1", "localhost"):
             ray.shutdown()
             raise PrunetuneError(
                 f"a local Ray cluster would listen on {ip} (ray was imported before prunetune "
                 f"could bind it to 127.0.0.1); set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before "
-                f"importing ray, or start a cluster yourself and pass --address")
+                f"importing ray, or start a cluster yourself and pass --address"
+            )
         return
     check_address(address)
     address = address.strip()
@@ -264,12 +293,19 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
             ray.init(address=address, include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrunetuneError(f"cannot connect to the Ray cluster at {address}: {msg[:200]}; "
-                             f"{_CHECK_HEAD}") from None
+        raise PrunetuneError(
+            f"cannot connect to the Ray cluster at {address}: {msg[:200]}; {_CHECK_HEAD}"
+        ) from None
 
 
-def run_ray(study: optuna.Study, ev, settings, workers: int = 1, address: str | None = None,
-            progress: bool = True) -> None:
+def run_ray(
+    study: optuna.Study,
+    ev,
+    settings,
+    workers: int = 1,
+    address: str | None = None,
+    progress: bool = True,
+) -> None:
     """Runs the remaining trials of ``study`` with Ray Tune (``workers`` at a time)."""
     if _RAY_MISSING is not None:
         raise PrunetuneError(f"--backend ray needs ray[tune] ({_RAY_MISSING})")
@@ -304,20 +340,33 @@ def run_ray(study: optuna.Study, ev, settings, workers: int = 1, address: str | 
         _connect(address, workers, progress)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, cpus // workers)
-    searcher = _Search(ev.space, storage, study.study_name, settings.sampler, settings.seed,
-                       settings.n_trials, settings.grace_period)
+    searcher = _Search(
+        ev.space,
+        storage,
+        study.study_name,
+        settings.sampler,
+        settings.seed,
+        settings.n_trials,
+        settings.grace_period,
+    )
     bar = _Bar(remaining)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, evaluator=ev, storage=storage,
-                             study_name=study.study_name, threads=threads),
+        tune.with_parameters(
+            _trainable, evaluator=ev, storage=storage, study_name=study.study_name, threads=threads
+        ),
         {"cpu": 1},
     )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                    max_concurrent_trials=workers),
-        run_config=tune.RunConfig(name=f"prunetune-{study.study_name}", verbose=0, callbacks=[bar],
-                                  storage_path=str((settings.artifacts_dir() / "ray").resolve())),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers
+        ),
+        run_config=tune.RunConfig(
+            name=f"prunetune-{study.study_name}",
+            verbose=0,
+            callbacks=[bar],
+            storage_path=str((settings.artifacts_dir() / "ray").resolve()),
+        ),
     )
     try:
         with warnings.catch_warnings():

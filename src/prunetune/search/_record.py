@@ -63,8 +63,17 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """Flat JSON attributes (what the dashboard shows); None fields are left out."""
         out: dict[str, Any] = {}
-        for k in ("config", "macs", "params", "repaired", "budget_metric", "budget_value",
-                  "latency_ms", "latency_predicted_ms", "stopped"):
+        for k in (
+            "config",
+            "macs",
+            "params",
+            "repaired",
+            "budget_metric",
+            "budget_value",
+            "latency_ms",
+            "latency_predicted_ms",
+            "stopped",
+        ):
             v = getattr(self, k)
             if v is not None:
                 out[k] = v
@@ -78,18 +87,29 @@ class TrialRecord:
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> TrialRecord:
-        tiers = tuple(sorted(
-            (TierResult.from_dict(k.removeprefix(_TIER_PREFIX), v) for k, v in attrs.items()
-             if k.startswith(_TIER_PREFIX) and isinstance(v, dict)),
-            key=lambda t: t.tier))
+        tiers = tuple(
+            sorted(
+                (
+                    TierResult.from_dict(k.removeprefix(_TIER_PREFIX), v)
+                    for k, v in attrs.items()
+                    if k.startswith(_TIER_PREFIX) and isinstance(v, dict)
+                ),
+                key=lambda t: t.tier,
+            )
+        )
         constraint = attrs.get("constraint")
         return cls(
-            config=attrs.get("config"), macs=attrs.get("macs"), params=attrs.get("params"),
-            repaired=bool(attrs.get("repaired", False)), budget_metric=attrs.get("budget_metric"),
+            config=attrs.get("config"),
+            macs=attrs.get("macs"),
+            params=attrs.get("params"),
+            repaired=bool(attrs.get("repaired", False)),
+            budget_metric=attrs.get("budget_metric"),
             budget_value=attrs.get("budget_value"),
             constraint=None if constraint is None else float(constraint[0]),
-            latency_ms=attrs.get("latency_ms"), latency_predicted_ms=attrs.get("latency_predicted_ms"),
-            tiers=tiers, stopped=attrs.get("stopped"),
+            latency_ms=attrs.get("latency_ms"),
+            latency_predicted_ms=attrs.get("latency_predicted_ms"),
+            tiers=tiers,
+            stopped=attrs.get("stopped"),
         )
 
     @classmethod
@@ -125,5 +145,8 @@ def set_final(study: optuna.Study, number: int, result: dict[str, Any]) -> None:
 
 def finals(study: optuna.Study) -> dict[int, dict[str, Any]]:
     """Every stored Pareto-stage result, by trial number."""
-    return {int(k.removeprefix("final_")): v for k, v in study.user_attrs.items()
-            if k.startswith("final_") and k.removeprefix("final_").isdigit()}
+    return {
+        int(k.removeprefix("final_")): v
+        for k, v in study.user_attrs.items()
+        if k.startswith("final_") and k.removeprefix("final_").isdigit()
+    }

@@ -24,15 +24,22 @@ def report_rows(study: optuna.Study) -> list[dict]:
             continue
         final = final_of(study, t.number) or {}
         first = rec.tiers[0] if rec.tiers else None
-        rows.append({
-            "trial": t.number, "state": t.state.name, "front": t.number in front,
-            "mmacs": rec.macs / 1e6, "mparams": rec.params / 1e6,
-            "tier_a_kl": first.details.get("kl") if first else None,
-            "tier_a_acc": first.accuracy if first else None,
-            "proxy_acc": t.values[0] if t.values else None, "final_val": final.get("val_accuracy"),
-            "final_test": final.get("test_accuracy"), "criterion": rec.config["criterion"],
-            "token_mode": rec.config.get("token_mode"),
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "front": t.number in front,
+                "mmacs": rec.macs / 1e6,
+                "mparams": rec.params / 1e6,
+                "tier_a_kl": first.details.get("kl") if first else None,
+                "tier_a_acc": first.accuracy if first else None,
+                "proxy_acc": t.values[0] if t.values else None,
+                "final_val": final.get("val_accuracy"),
+                "final_test": final.get("test_accuracy"),
+                "criterion": rec.config["criterion"],
+                "token_mode": rec.config.get("token_mode"),
+            }
+        )
     return rows
 
 
@@ -52,30 +59,66 @@ def _markdown(study: optuna.Study, rows: list[dict]) -> str:
     tau = study_entry(study, "proxy_kendall_tau", {})
     best, final = best_trial(study)
     lines = [f"# prunetune report: study `{study.study_name}`", ""]
-    lines.append(f"- budget: `{budget.get('text')}` -> {budget.get('limit', 0):,.0f} "
-                 f"{'MACs' if budget.get('metric') == 'macs' else budget.get('metric', '')}")
+    lines.append(
+        f"- budget: `{budget.get('text')}` -> {budget.get('limit', 0):,.0f} "
+        f"{'MACs' if budget.get('metric') == 'macs' else budget.get('metric', '')}"
+    )
     if dense:
-        lines.append(f"- dense model: {dense['macs'] / 1e6:.3f} MMACs ({2 * dense['macs'] / 1e6:.3f} MFLOPs), "
-                     f"{dense['params'] / 1e6:.3f} M params, val accuracy {100 * dense['val_accuracy']:.2f} %")
+        lines.append(
+            f"- dense model: {dense['macs'] / 1e6:.3f} MMACs ({2 * dense['macs'] / 1e6:.3f} "
+            f"MFLOPs), "
+            f"{dense['params'] / 1e6:.3f} M params, val accuracy "
+            f"{100 * dense['val_accuracy']:.2f} %"
+        )
     if best is not None:
-        acc = (f"final val {100 * final['val_accuracy']:.2f} %" if final
-               else f"last tier {100 * best.values[0]:.2f} %")
-        lines.append(f"- best under budget: trial {best.number}, {TrialRecord.of(best).macs / 1e6:.3f} MMACs, {acc}")
+        acc = (
+            f"final val {100 * final['val_accuracy']:.2f} %"
+            if final
+            else f"last tier {100 * best.values[0]:.2f} %"
+        )
+        lines.append(
+            f"- best under budget: trial {best.number}, {TrialRecord.of(best).macs / 1e6:.3f} "
+            f"MMACs, {acc}"
+        )
     tuned = list(finals(study).values())
     if tuned and all(f.get("test_accuracy") is None for f in tuned):
         lines.append("- no test split: final accuracies are on val, which also chose the front")
     if tau:
-        taus = ", ".join(f"tier {k.removeprefix('tier_')} {_fmt(v)}" for k, v in tau.items()
-                         if k.startswith("tier_"))
-        lines.append(f"- proxy ranking of the fine-tuned front (Kendall tau, n={tau.get('n')}): {taus}")
-    lines += ["", "| trial | state | front | MMACs | Mparams | tier a KL | tier a acc % | proxy acc % "
-              "| final val % | final test % | criterion | tokens |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        taus = ", ".join(
+            f"tier {k.removeprefix('tier_')} {_fmt(v)}"
+            for k, v in tau.items()
+            if k.startswith("tier_")
+        )
+        lines.append(
+            f"- proxy ranking of the fine-tuned front (Kendall tau, n={tau.get('n')}): {taus}"
+        )
+    lines += [
+        "",
+        "| trial | state | front | MMACs | Mparams | tier a KL | tier a acc % | proxy acc % "
+        "| final val % | final test % | criterion | tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: r["mmacs"]):
-        lines.append("| " + " | ".join([
-            str(r["trial"]), r["state"], _fmt(r["front"]), f"{r['mmacs']:.3f}", f"{r['mparams']:.3f}",
-            _fmt(r["tier_a_kl"]), _fmt(r["tier_a_acc"], True), _fmt(r["proxy_acc"], True),
-            _fmt(r["final_val"], True), _fmt(r["final_test"], True), r["criterion"], r["token_mode"] or "-"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["trial"]),
+                    r["state"],
+                    _fmt(r["front"]),
+                    f"{r['mmacs']:.3f}",
+                    f"{r['mparams']:.3f}",
+                    _fmt(r["tier_a_kl"]),
+                    _fmt(r["tier_a_acc"], True),
+                    _fmt(r["proxy_acc"], True),
+                    _fmt(r["final_val"], True),
+                    _fmt(r["final_test"], True),
+                    r["criterion"],
+                    r["token_mode"] or "-",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -89,24 +132,55 @@ def _plot(study: optuna.Study, rows: list[dict], path: Path) -> None:
     done = [r for r in rows if r["proxy_acc"] is not None]
     skipped = [r for r in rows if r["proxy_acc"] is None and r["tier_a_acc"] is not None]
     if skipped:
-        ax.scatter([r["mmacs"] for r in skipped], [100 * r["tier_a_acc"] for r in skipped], marker="x",
-                   color="0.7", label="stopped after tier a (zero-shot acc)")
-    ax.scatter([r["mmacs"] for r in done], [100 * r["proxy_acc"] for r in done], color="tab:blue",
-               alpha=0.6, label="last proxy tier accuracy")
+        ax.scatter(
+            [r["mmacs"] for r in skipped],
+            [100 * r["tier_a_acc"] for r in skipped],
+            marker="x",
+            color="0.7",
+            label="stopped after tier a (zero-shot acc)",
+        )
+    ax.scatter(
+        [r["mmacs"] for r in done],
+        [100 * r["proxy_acc"] for r in done],
+        color="tab:blue",
+        alpha=0.6,
+        label="last proxy tier accuracy",
+    )
     front = sorted([r for r in done if r["front"]], key=lambda r: r["mmacs"])
     if front:
-        ax.plot([r["mmacs"] for r in front], [100 * r["proxy_acc"] for r in front], "-o", color="tab:orange",
-                label="Pareto front (last tier)")
+        ax.plot(
+            [r["mmacs"] for r in front],
+            [100 * r["proxy_acc"] for r in front],
+            "-o",
+            color="tab:orange",
+            label="Pareto front (last tier)",
+        )
     finals = [r for r in rows if r["final_val"] is not None]
     if finals:
-        ax.scatter([r["mmacs"] for r in finals], [100 * r["final_val"] for r in finals], marker="*", s=160,
-                   color="tab:green", label="front after fine-tuning", zorder=5)
+        ax.scatter(
+            [r["mmacs"] for r in finals],
+            [100 * r["final_val"] for r in finals],
+            marker="*",
+            s=160,
+            color="tab:green",
+            label="front after fine-tuning",
+            zorder=5,
+        )
     dense = study_entry(study, "dense")
     if dense:
-        ax.scatter([dense["macs"] / 1e6], [100 * dense["val_accuracy"]], marker="D", color="black", label="dense", zorder=5)
+        ax.scatter(
+            [dense["macs"] / 1e6],
+            [100 * dense["val_accuracy"]],
+            marker="D",
+            color="black",
+            label="dense",
+            zorder=5,
+        )
     budget = study_entry(study, "budget", {})
     if budget.get("metric") == "macs":
-        ax.axvline(budget["limit"] / 1e6, color="tab:red", ls="--", label=f"budget ({budget['text']})")
+        ax.axvline(
+            budget["limit"] / 1e6, color="tab:red", ls="--", label=f"budget ({budget['text']})"
+        )
     ax.set_xlabel("MMACs per image (FLOPs = 2 x MACs)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"prunetune study {study.study_name}")
@@ -128,5 +202,7 @@ def write_report(study: optuna.Study, out: str | Path) -> Path:
         (tmp / "report.md").write_text(md)
         (tmp / "pareto.html").write_text(
             "<!doctype html><meta charset='utf-8'><title>prunetune report</title>"
-            f"<img src='data:image/png;base64,{png}' alt='Pareto plot'><pre>{html.escape(md)}</pre>\n")
+            f"<img src='data:image/png;base64,{png}' alt='Pareto "
+            f"plot'><pre>{html.escape(md)}</pre>\n"
+        )
     return out

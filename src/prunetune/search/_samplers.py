@@ -39,8 +39,9 @@ class NSGA2:
 
     @staticmethod
     def create(seed: int | None, n_trials: int) -> BaseSampler:
-        return optuna.samplers.NSGAIISampler(seed=seed,
-                                             population_size=max(4, min(50, n_trials // 3)))
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=max(4, min(50, n_trials // 3))
+        )
 
 
 @SAMPLERS.register("tpe")
@@ -51,8 +52,9 @@ class TPE:
     def create(seed: int | None, n_trials: int) -> BaseSampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                              n_startup_trials=max(4, n_trials // 4))
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, n_startup_trials=max(4, n_trials // 4)
+            )
 
 
 @SAMPLERS.register("random")
@@ -92,8 +94,11 @@ class PerTrialSeeded(BaseSampler):
 
     def trial_seed(self, study: optuna.Study, number: int) -> int:
         """The seed of trial ``number``'s draws."""
-        fails = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                    if t.number < number)
+        fails = sum(
+            1
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.number < number
+        )
         return int(np.random.SeedSequence([self.seed, number - fails]).generate_state(1)[0])
 
     def _of(self, study: optuna.Study, trial: FrozenTrial) -> BaseSampler:
@@ -106,21 +111,34 @@ class PerTrialSeeded(BaseSampler):
         self.trials.pop(trial.number, None)
         self._of(study, trial).before_trial(study, trial)
 
-    def infer_relative_search_space(self, study: optuna.Study,
-                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
         return self._of(study, trial).infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return self._of(study, trial).sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        return self._of(study, trial).sample_independent(study, trial, param_name,
-                                                         param_distribution)
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._of(study, trial).sample_independent(
+            study, trial, param_name, param_distribution
+        )
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
         sampler = self._of(study, trial)
         self.trials.pop(trial.number, None)
         sampler.after_trial(study, trial, state, values)

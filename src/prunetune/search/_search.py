@@ -72,24 +72,42 @@ def _record_study(study: optuna.Study, settings: SearchSettings, ev: Evaluator) 
     """Stores the settings, the dense model and the budget with the study (once)."""
     if study.user_attrs.get("settings") is None:
         study.set_user_attr("settings", settings.to_dict())
-    study.set_user_attr("dense", {"macs": ev.dense_cost.macs, "params": ev.dense_cost.params,
-                                  "val_accuracy": ev.dense_accuracy, "budget_value": ev.dense_value})
-    study.set_user_attr("budget", {"metric": ev.budget.metric, "limit": ev.budget.limit,
-                                   "text": ev.budget.text})
+    study.set_user_attr(
+        "dense",
+        {
+            "macs": ev.dense_cost.macs,
+            "params": ev.dense_cost.params,
+            "val_accuracy": ev.dense_accuracy,
+            "budget_value": ev.dense_value,
+        },
+    )
+    study.set_user_attr(
+        "budget", {"metric": ev.budget.metric, "limit": ev.budget.limit, "text": ev.budget.text}
+    )
     lt = ev.latency_model
     if lt is not None:
-        study.set_user_attr("latency_table", {
-            "device": lt.device, "batch_size": lt.batch_size, "prediction_error_pct": lt.error_pct,
-            "rows": len(lt.rows)})
+        study.set_user_attr(
+            "latency_table",
+            {
+                "device": lt.device,
+                "batch_size": lt.batch_size,
+                "prediction_error_pct": lt.error_pct,
+                "rows": len(lt.rows),
+            },
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         time_metric = BUDGET_METRICS.get(ev.budget.metric).time
         study.set_metric_names(["accuracy", "latency_ms" if time_metric else "macs"])
 
 
-def search(budget: str | None = None, progress: bool = True,
-           announce: Callable[[str], None] | None = None, settings: SearchSettings | None = None,
-           **kwargs) -> SearchResult:
+def search(
+    budget: str | None = None,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+    settings: SearchSettings | None = None,
+    **kwargs,
+) -> SearchResult:
     """Runs the whole search; the Python API of ``prunetune search``.
 
     Args:
@@ -122,11 +140,14 @@ def search(budget: str | None = None, progress: bool = True,
     existing = find_study(settings.storage, settings.study)  # creates nothing
     if existing is not None:
         _check_resume(existing, settings)  # before the expensive loading below
-    ev = Evaluator(settings, space=space, announce=announce,
-                   progress=progress and settings.backend == "optuna")  # Ray workers' bars interleave
+    ev = Evaluator(
+        settings, space=space, announce=announce, progress=progress and settings.backend == "optuna"
+    )  # Ray workers' bars interleave
     # the study is created only once model, data, space and budget are known to work, so a
     # failed start (an unreachable budget, a missing checkpoint) leaves no study and no file
-    study = open_study(settings.storage, settings.study, sampler, grace_period=settings.grace_period)
+    study = open_study(
+        settings.storage, settings.study, sampler, grace_period=settings.grace_period
+    )
     _check_resume(study, settings)  # another worker may have started it meanwhile
     fault_point("study-created")
     try:

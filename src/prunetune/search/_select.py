@@ -11,11 +11,20 @@ __all__ = ["best_trial", "pareto_front", "pick_members"]
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Completed, under-budget, non-dominated trials (max accuracy, min cost), cheapest first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.values is not None and TrialRecord.of(t).feasible]
-    front = [t for t in done if not any(
-        (o.values[0] >= t.values[0] and o.values[1] <= t.values[1])
-        and (o.values[0] > t.values[0] or o.values[1] < t.values[1]) for o in done)]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.values is not None and TrialRecord.of(t).feasible
+    ]
+    front = [
+        t
+        for t in done
+        if not any(
+            (o.values[0] >= t.values[0] and o.values[1] <= t.values[1])
+            and (o.values[0] > t.values[0] or o.values[1] < t.values[1])
+            for o in done
+        )
+    ]
     return sorted(front, key=lambda t: (t.values[1], -t.values[0]))
 
 

@@ -66,16 +66,19 @@ class TierSpec:
     def validate(self, label: str) -> None:
         where = f"tiers[{label}]"
         if not isinstance(self.proxy, str) or self.proxy not in PROXIES:
-            raise PrunetuneError(f"{where}: unknown proxy {self.proxy!r}; choose one of "
-                                 f"{', '.join(PROXIES.names())}")
+            raise PrunetuneError(
+                f"{where}: unknown proxy {self.proxy!r}; choose one of {', '.join(PROXIES.names())}"
+            )
         if not isinstance(self.options, dict):
             raise _bad(f"{where}.options is a mapping", "options", self.options)
         params = inspect.signature(PROXIES.get(self.proxy).from_context).parameters
         takes = [n for n, p in params.items() if n != "ctx" and p.kind == p.KEYWORD_ONLY]
         for k in self.options:
             if k not in takes:
-                raise PrunetuneError(f"{where}: proxy {self.proxy!r} takes the options "
-                                     f"{', '.join(takes) or '(none)'}, but got {k!r}")
+                raise PrunetuneError(
+                    f"{where}: proxy {self.proxy!r} takes the options "
+                    f"{', '.join(takes) or '(none)'}, but got {k!r}"
+                )
         if not _is_num(self.keep) or not 0 < self.keep <= 1:
             raise _bad(f"0 < {where}.keep <= 1", "keep", self.keep)
         if not _is_int(self.warmup) or self.warmup < 0:
@@ -94,23 +97,30 @@ class TierSpec:
         if isinstance(obj, str):
             return cls(obj)
         if not isinstance(obj, dict):
-            raise PrunetuneError(f"tiers[{label}] must be a proxy name or a mapping with 'proxy', "
-                                 f"but got {obj!r}")
+            raise PrunetuneError(
+                f"tiers[{label}] must be a proxy name or a mapping with 'proxy', but got {obj!r}"
+            )
         unknown = set(obj) - {f.name for f in fields(cls)}
         if unknown:
-            raise PrunetuneError(f"tiers[{label}] has unknown keys {sorted(unknown)}; "
-                                 f"a tier takes proxy, options, keep, warmup")
+            raise PrunetuneError(
+                f"tiers[{label}] has unknown keys {sorted(unknown)}; "
+                f"a tier takes proxy, options, keep, warmup"
+            )
         if "proxy" not in obj:
-            raise PrunetuneError(f"tiers[{label}] names no proxy; add proxy: zero_shot (or another "
-                                 f"of {', '.join(PROXIES.names())})")
+            raise PrunetuneError(
+                f"tiers[{label}] names no proxy; add proxy: zero_shot (or another "
+                f"of {', '.join(PROXIES.names())})"
+            )
         return cls(**{**obj, "options": dict(obj.get("options") or {})})
 
 
 def default_tiers(steps: int = 100, keep: float = 0.5, warmup: int = 4) -> tuple[TierSpec, ...]:
     """Tier a: zero-shot agreement with the dense model, the best ``keep`` fraction go on;
     tier b: ``steps`` of distillation, then val accuracy (the trial's accuracy objective)."""
-    return (TierSpec("zero_shot", keep=keep, warmup=warmup),
-            TierSpec("short_kd", options={"steps": steps}))
+    return (
+        TierSpec("zero_shot", keep=keep, warmup=warmup),
+        TierSpec("short_kd", options={"steps": steps}),
+    )
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,11 @@ class SearchSettings:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         if isinstance(self.tiers, (list, tuple)):
-            set_(self, "tiers", tuple(TierSpec.from_obj(t, tier_label(i)) for i, t in enumerate(self.tiers)))
+            set_(
+                self,
+                "tiers",
+                tuple(TierSpec.from_obj(t, tier_label(i)) for i, t in enumerate(self.tiers)),
+            )
         for name in ("mean", "std"):
             v = getattr(self, name)
             if isinstance(v, list):
@@ -166,8 +180,15 @@ class SearchSettings:
         self._validate()
 
     def _validate(self) -> None:
-        ints = {"n_trials": 1, "seed": 0, "calib_samples": 1, "batch_size": 1, "front_max": 1,
-                "latency_batch": 1, "workers": 1}
+        ints = {
+            "n_trials": 1,
+            "seed": 0,
+            "calib_samples": 1,
+            "batch_size": 1,
+            "front_max": 1,
+            "latency_batch": 1,
+            "workers": 1,
+        }
         for name, low in ints.items():
             v = getattr(self, name)
             if not _is_int(v) or v < low:
@@ -176,40 +197,67 @@ class SearchSettings:
             raise _bad("lr > 0", "lr", self.lr)
         if not _is_num(self.final_epochs) or self.final_epochs < 0:
             raise _bad("final_epochs >= 0", "final_epochs", self.final_epochs)
-        if self.grace_period is not None and (not _is_int(self.grace_period) or self.grace_period < 1):
+        if self.grace_period is not None and (
+            not _is_int(self.grace_period) or self.grace_period < 1
+        ):
             raise _bad("grace_period >= 1 (seconds)", "grace_period", self.grace_period)
         for name in ("mean", "std"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, tuple) or not v or not all(
-                    _is_num(x) and (name == "mean" or x > 0) for x in v)):
-                raise _bad(f"{name} is a list of finite numbers" + (" > 0" if name == "std" else ""),
-                           name, v)
+            if v is not None and (
+                not isinstance(v, tuple)
+                or not v
+                or not all(_is_num(x) and (name == "mean" or x > 0) for x in v)
+            ):
+                raise _bad(
+                    f"{name} is a list of finite numbers" + (" > 0" if name == "std" else ""),
+                    name,
+                    v,
+                )
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise _bad(f"interpolation in {INTERPOLATIONS}", "interpolation", self.interpolation)
         if self.crop_pct is not None and (not _is_num(self.crop_pct) or not 0 < self.crop_pct <= 1):
             raise _bad("0 < crop_pct <= 1", "crop_pct", self.crop_pct)
         if self.study is not None and (not isinstance(self.study, str) or not self.study.strip()):
             raise _bad("study is a non-empty name", "study", self.study)
-        for name in ("model", "checkpoint", "data", "data_root", "space", "artifacts", "device",
-                     "address"):
+        for name in (
+            "model",
+            "checkpoint",
+            "data",
+            "data_root",
+            "space",
+            "artifacts",
+            "device",
+            "address",
+        ):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 raise _bad(f"{name} is a string", name, v)
-        for name in ("download", "run_final", "measure_latency", "refresh_latency_table",
-                     "check_dense"):
+        for name in (
+            "download",
+            "run_final",
+            "measure_latency",
+            "refresh_latency_table",
+            "check_dense",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(f"{name} is true or false", name, getattr(self, name))
         if not isinstance(self.storage, str) or "://" not in self.storage:
-            raise PrunetuneError(f"storage {self.storage!r} is not a URL; use e.g. "
-                                 f"sqlite:///prunetune.db or postgresql://host/db")
+            raise PrunetuneError(
+                f"storage {self.storage!r} is not a URL; use e.g. "
+                f"sqlite:///prunetune.db or postgresql://host/db"
+            )
         for reg, name in ((SAMPLERS, "sampler"), (BACKENDS, "backend")):
             if getattr(self, name) not in reg:
-                raise PrunetuneError(f"unknown {name} {getattr(self, name)!r}; choose one of "
-                                     f"{', '.join(reg.names())}")
+                raise PrunetuneError(
+                    f"unknown {name} {getattr(self, name)!r}; choose one of "
+                    f"{', '.join(reg.names())}"
+                )
         if self.backend != "ray" and (self.workers != 1 or self.address is not None):
             flag = "workers" if self.workers != 1 else "address"
-            raise PrunetuneError(f"{flag} needs backend ray; several in-process workers are several "
-                                 f"`prunetune search` processes on one shared storage")
+            raise PrunetuneError(
+                f"--{flag} needs --backend ray; several in-process workers are several "
+                f"`prunetune search` processes on one shared --storage"
+            )
         if not isinstance(self.tiers, tuple) or not self.tiers:
             raise _bad("tiers is a non-empty list", "tiers", self.tiers)
         for i, t in enumerate(self.tiers):
@@ -230,18 +278,24 @@ class SearchSettings:
         d = dict(d)
         version = d.pop("settings_version", SETTINGS_VERSION)
         if version != SETTINGS_VERSION:
-            raise PrunetuneError(f"{where}: `settings_version == {SETTINGS_VERSION}` must hold "
-                                 f"(the version this prunetune reads), but got {version!r}")
+            raise PrunetuneError(
+                f"{where}: `settings_version == {SETTINGS_VERSION}` must hold "
+                f"(the version this prunetune reads), but got {version!r}"
+            )
         legacy = {k: d.pop(k) for k in _LEGACY_TIER_KEYS if k in d}
         if legacy and "tiers" not in d:  # studies stored before tiers were a list
-            d["tiers"] = default_tiers(steps=legacy.get("tier_b_steps", 100),
-                                       keep=legacy.get("tier_b_fraction", 0.5),
-                                       warmup=legacy.get("tier_a_warmup", 4))
+            d["tiers"] = default_tiers(
+                steps=legacy.get("tier_b_steps", 100),
+                keep=legacy.get("tier_b_fraction", 0.5),
+                warmup=legacy.get("tier_a_warmup", 4),
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise PrunetuneError(f"{where}: unknown settings {unknown}; see `prunetune search --help` "
-                                 f"(a setting is a flag's name with _ for -)")
+            raise PrunetuneError(
+                f"{where}: unknown settings {unknown}; see `prunetune search --help` "
+                f"(a setting is a flag's name with _ for -)"
+            )
         return cls(**d)
 
     def to_yaml(self) -> str:
@@ -270,9 +324,25 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """The fields that must match when a search resumes an existing study."""
         d = self.to_dict()
-        return {k: d[k] for k in ("budget", "model", "checkpoint", "data", "space", "calib_samples",
-                                  "batch_size", "tiers", "lr", "seed", "mean", "std",
-                                  "interpolation", "crop_pct")}
+        return {
+            k: d[k]
+            for k in (
+                "budget",
+                "model",
+                "checkpoint",
+                "data",
+                "space",
+                "calib_samples",
+                "batch_size",
+                "tiers",
+                "lr",
+                "seed",
+                "mean",
+                "std",
+                "interpolation",
+                "crop_pct",
+            )
+        }
 
     def artifacts_dir(self) -> Path:
         if self.artifacts:
@@ -290,6 +360,7 @@ class SearchSettings:
         command work from any folder; a relative path that names nothing stays as given (a
         timm model name, a torchvision data set name).
         """
+
         def absolute(v: str | None) -> str | None:
             if v is None or not str(v).strip() or not Path(v).expanduser().exists():
                 return v
@@ -297,13 +368,23 @@ class SearchSettings:
 
         storage = self.storage
         path = sqlite_path(storage)
-        if path is not None and not path.is_absolute() and not storage.startswith("sqlite:///file:"):
+        if (
+            path is not None
+            and not path.is_absolute()
+            and not storage.startswith("sqlite:///file:")
+        ):
             query = storage.partition("?")[2]
             storage = "sqlite:///" + str(path.resolve()) + ("?" + query if query else "")
-        out = replace(self, storage=storage, study=self.study or default_study_name(self.budget),
-                      model=absolute(self.model), checkpoint=absolute(self.checkpoint),
-                      data=absolute(self.data), data_root=absolute(self.data_root),
-                      space=absolute(self.space))
+        out = replace(
+            self,
+            storage=storage,
+            study=self.study or default_study_name(self.budget),
+            model=absolute(self.model),
+            checkpoint=absolute(self.checkpoint),
+            data=absolute(self.data),
+            data_root=absolute(self.data_root),
+            space=absolute(self.space),
+        )
         return replace(out, artifacts=str(out.artifacts_dir().expanduser().resolve()))
 
 

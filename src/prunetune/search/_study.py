@@ -13,8 +13,19 @@ from ..errors import PrunetuneError
 from ..registry import SAMPLERS
 from ._samplers import make_sampler  # re-exported: importers of make_sampler from here
 
-__all__ = ["DEFAULT_STORAGE", "DEFAULT_STUDY", "make_storage", "open_study", "load_study",
-           "find_study", "make_sampler", "SAMPLERS", "StudyLock", "trial_counts", "check_writable"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "DEFAULT_STUDY",
+    "make_storage",
+    "open_study",
+    "load_study",
+    "find_study",
+    "make_sampler",
+    "SAMPLERS",
+    "StudyLock",
+    "trial_counts",
+    "check_writable",
+]
 
 DEFAULT_STORAGE = "sqlite:///prunetune.db"
 DEFAULT_STUDY = "prunetune"  # prefix: the default name carries the budget (default_study_name)
@@ -47,8 +58,13 @@ def _first_line(e: BaseException) -> str:
 def _storage_error(url: str, e: BaseException, doing: str = "open") -> PrunetuneError:
     msg = _first_line(e)
     hint = ""
-    if "readonly" in msg.replace("-", "").replace(" ", "").lower() or "permission denied" in msg.lower():
-        hint = "; the storage is read-only for this user: make it writable or pass another --storage"
+    if (
+        "readonly" in msg.replace("-", "").replace(" ", "").lower()
+        or "permission denied" in msg.lower()
+    ):
+        hint = (
+            "; the storage is read-only for this user: make it writable or pass another --storage"
+        )
     return PrunetuneError(f"cannot {doing} storage {url!r}: {msg}{hint}")
 
 
@@ -58,18 +74,28 @@ def check_writable(url: str) -> None:
     if path is None:
         return
     if path.is_dir():
-        raise PrunetuneError(f"storage {url!r} names a directory; give a file, e.g. sqlite:///{path}/prunetune.db")
+        raise PrunetuneError(
+            f"storage {url!r} names a directory; give a file, e.g. sqlite:///{path}/prunetune.db"
+        )
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise PrunetuneError(f"storage {url!r}: folder {parent} does not exist; create it or pass another --storage")
+        raise PrunetuneError(
+            f"storage {url!r}: folder {parent} does not exist; create it or pass another --storage"
+        )
     if "mode=ro" in url.partition("?")[2] or "immutable=1" in url.partition("?")[2]:
-        raise PrunetuneError(f"storage {url!r} is opened read-only; a search writes to its study: "
-                             f"drop mode=ro/immutable=1 or pass another --storage")
+        raise PrunetuneError(
+            f"storage {url!r} is opened read-only; a search writes to its study: "
+            f"drop mode=ro/immutable=1 or pass another --storage"
+        )
     if path.exists() and not os.access(path, os.W_OK):
-        raise PrunetuneError(f"storage {url!r} is read-only; make {path} writable or pass another --storage")
+        raise PrunetuneError(
+            f"storage {url!r} is read-only; make {path} writable or pass another --storage"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PrunetuneError(f"storage {url!r}: folder {parent} is not writable (SQLite writes its journal "
-                             f"there); make it writable or pass another --storage")
+        raise PrunetuneError(
+            f"storage {url!r}: folder {parent} is not writable (SQLite writes its journal "
+            f"there); make it writable or pass another --storage"
+        )
 
 
 @contextmanager
@@ -112,7 +138,9 @@ def _lock_key(text: str) -> int:
 def _pg_advisory_lock(url: str, key: int):
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(url))
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(url)
+    )
     try:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -175,8 +203,9 @@ class StudyLock:
             ctx.__exit__(None, None, None)
 
 
-def make_storage(url: str, heartbeat: bool = True, grace_period: int | None = None,
-                 must_exist: bool = False) -> optuna.storages.RDBStorage:
+def make_storage(
+    url: str, heartbeat: bool = True, grace_period: int | None = None, must_exist: bool = False
+) -> optuna.storages.RDBStorage:
     """An RDB storage (SQLite, PostgreSQL, ... any SQLAlchemy URL) with trial heartbeats.
 
     A trial whose process dies stops beating; after the grace period the next search on the
@@ -186,38 +215,61 @@ def make_storage(url: str, heartbeat: bool = True, grace_period: int | None = No
     error instead of being created (commands that only read a study).
     """
     if not isinstance(url, str) or "://" not in url:
-        raise PrunetuneError(f"storage {url!r} is not a URL; use e.g. sqlite:///prunetune.db or postgresql://host/db")
+        raise PrunetuneError(
+            f"storage {url!r} is not a URL; use e.g. sqlite:///prunetune.db or postgresql://host/db"
+        )
     if grace_period is not None and grace_period <= HEARTBEAT_INTERVAL:
-        raise PrunetuneError(f"grace_period={grace_period} s would mark running trials dead between their "
-                             f"heartbeats (every {HEARTBEAT_INTERVAL} s); use more than {HEARTBEAT_INTERVAL} s")
+        raise PrunetuneError(
+            f"grace_period={grace_period} s would mark running trials dead between their "
+            f"heartbeats (every {HEARTBEAT_INTERVAL} s); use more than {HEARTBEAT_INTERVAL} s"
+        )
     path = _sqlite_path(url)
     if must_exist and path is not None and not path.is_file():
-        raise PrunetuneError(f"no study storage at {path} ({'a directory' if path.is_dir() else 'no such file'}); "
-                             f"run `prunetune search` first or pass the --storage it used")
+        raise PrunetuneError(
+            f"no study storage at {path} ({'a directory' if path.is_dir() else 'no such file'}); "
+            f"run `prunetune search` first or pass the --storage it used"
+        )
     kw = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if heartbeat:
-                kw = {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": grace_period or GRACE_PERIOD,
-                      "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+                kw = {
+                    "heartbeat_interval": HEARTBEAT_INTERVAL,
+                    "grace_period": grace_period or GRACE_PERIOD,
+                    "heartbeat_stale_trial_callback": (
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+                    ),
+                }
             with _creation_lock(url):
                 return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kw)
     except ImportError as e:
-        raise PrunetuneError(f"storage {url!r} needs a database driver that is not installed ({e})") from None
+        raise PrunetuneError(
+            f"storage {url!r} needs a database driver that is not installed ({e})"
+        ) from None
     except PrunetuneError:
         raise
     except Exception as e:  # sqlalchemy raises many types for bad URLs / unreachable servers
         raise _storage_error(url, e) from None
 
 
-def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler | None,
-               heartbeat: bool = True, grace_period: int | None = None) -> optuna.Study:
+def open_study(
+    storage: str,
+    study_name: str,
+    sampler: optuna.samplers.BaseSampler | None,
+    heartbeat: bool = True,
+    grace_period: int | None = None,
+) -> optuna.Study:
     """Creates ``study_name`` (or loads it when it exists) with our two objectives."""
     st = make_storage(storage, heartbeat, grace_period)
     try:
-        return optuna.create_study(study_name=study_name, storage=st, sampler=sampler,
-                                   directions=["maximize", "minimize"], load_if_exists=True)
+        return optuna.create_study(
+            study_name=study_name,
+            storage=st,
+            sampler=sampler,
+            directions=["maximize", "minimize"],
+            load_if_exists=True,
+        )
     except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as e:
         raise _storage_error(storage, e, "write to") from None
 
@@ -256,14 +308,18 @@ def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     if study_name is None:
         names = optuna.get_all_study_names(st)
         if len(names) != 1:
-            raise PrunetuneError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                                 f"pass --study NAME")
+            raise PrunetuneError(
+                f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                f"pass --study NAME"
+            )
         study_name = names[0]
     try:
         return optuna.load_study(study_name=study_name, storage=st)
     except KeyError:
         names = optuna.get_all_study_names(st)
-        raise PrunetuneError(f"no study named {study_name!r} in {storage}; studies there: {names or 'none'}") from None
+        raise PrunetuneError(
+            f"no study named {study_name!r} in {storage}; studies there: {names or 'none'}"
+        ) from None
 
 
 def trial_counts(study: optuna.Study) -> tuple[int, int]:

@@ -20,8 +20,18 @@ DEFAULT_CRITERIA = ("magnitude_l1", "magnitude_l2", "taylor", "fisher", "activat
 #: Token modes searched by default (``learned`` needs fine-tuning before it means anything).
 DEFAULT_TOKEN_MODES = ("attentive", "attentive_fuse", "merge")
 
-_KEYS = {"preset", "criteria", "width_mode", "heads", "mlp_ratio", "threshold", "drop_blocks",
-         "token_blocks", "token_keep", "token_modes"}
+_KEYS = {
+    "preset",
+    "criteria",
+    "width_mode",
+    "heads",
+    "mlp_ratio",
+    "threshold",
+    "drop_blocks",
+    "token_blocks",
+    "token_keep",
+    "token_modes",
+}
 
 
 def default_token_blocks(depth: int) -> list[int]:
@@ -71,8 +81,10 @@ def _blocks(o: dict, key: str, default: list[int], lo: int, hi: int, why: str) -
     """A list of distinct block indices in ``lo..hi``."""
     v = o.get(key, default)
     if not isinstance(v, (list, tuple)) or not all(_is_number(i, integer=True) for i in v):
-        raise ConfigError(f"search space `{key}` must be a list of block indices, e.g. "
-                          f"[{lo}, {hi}], but got {v!r}")
+        raise ConfigError(
+            f"search space `{key}` must be a list of block indices, e.g. "
+            f"[{lo}, {hi}], but got {v!r}"
+        )
     for i in v:
         if not lo <= i <= hi:
             raise ConfigError(f"{key} has block {i}; {why} {lo}..{hi}")
@@ -82,8 +94,11 @@ def _blocks(o: dict, key: str, default: list[int], lo: int, hi: int, why: str) -
     return list(v)
 
 
-def build_space(model: ModelSpec | str, preset: str = "hybrid", overrides: dict[str, Any] | None = None) -> SearchSpace:
-    """A SearchSpace for ``model`` from a preset, optionally changed by ``overrides`` (YAML keys)."""
+def build_space(
+    model: ModelSpec | str, preset: str = "hybrid", overrides: dict[str, Any] | None = None
+) -> SearchSpace:
+    """A SearchSpace for ``model`` from a preset, optionally changed by ``overrides`` (YAML
+    keys)."""
     if overrides is not None and not isinstance(overrides, dict):
         raise ConfigError(
             f"search-space overrides must be a mapping, but got {type(overrides).__name__}"
@@ -104,7 +119,10 @@ def build_space(model: ModelSpec | str, preset: str = "hybrid", overrides: dict[
     criteria = _names(o, "criteria", DEFAULT_CRITERIA)
     bad = [c for c in criteria if c not in list_saliencies()]
     if bad:
-        raise ConfigError(f"unknown criteria {bad} in the search space; choose from {', '.join(list_saliencies())}")
+        raise ConfigError(
+            f"unknown criteria {bad} in the search space; choose from "
+            f"{', '.join(list_saliencies())}"
+        )
     width_mode = o.get("width_mode", "count")
     if not isinstance(width_mode, str) or width_mode not in ("count", "threshold"):
         raise ConfigError(f"width_mode must be count or threshold, got {width_mode!r}")
@@ -116,15 +134,26 @@ def build_space(model: ModelSpec | str, preset: str = "hybrid", overrides: dict[
         m_lo, m_hi, m_step = _range(o.get("mlp_ratio"), (0.1, 1.0, 0.05), "mlp_ratio")
         t_lo, t_hi, t_step = _range(o.get("threshold"), (0.0, 0.9, 0.05), "threshold")
         if not 1 <= h_lo <= h_hi <= a.num_heads:
-            raise ConfigError(f"`1 <= heads.low <= heads.high <= {a.num_heads}` must hold, but got ({h_lo}, {h_hi})")
+            raise ConfigError(
+                f"`1 <= heads.low <= heads.high <= {a.num_heads}` must hold, "
+                f"but got ({h_lo}, {h_hi})"
+            )
         if not 0 < m_lo <= m_hi <= 1:
-            raise ConfigError(f"`0 < mlp_ratio.low <= mlp_ratio.high <= 1` must hold, but got ({m_lo}, {m_hi})")
+            raise ConfigError(
+                f"`0 < mlp_ratio.low <= mlp_ratio.high <= 1` must hold, but got ({m_lo}, {m_hi})"
+            )
         if not 0 <= t_lo <= t_hi <= 1:
             raise ConfigError(
                 f"`0 <= threshold.low <= threshold.high <= 1` must hold, but got ({t_lo}, {t_hi})"
             )
-        drop_blocks = _blocks(o, "drop_blocks", list(range(max(1, a.depth // 2), a.depth)), 0,
-                              a.depth - 1, "the model has blocks")
+        drop_blocks = _blocks(
+            o,
+            "drop_blocks",
+            list(range(max(1, a.depth // 2), a.depth)),
+            0,
+            a.depth - 1,
+            "the model has blocks",
+        )
         for i in range(a.depth):
             if width_mode == "count":
                 dims.append(Dim(f"heads_{i}", "int", h_lo, h_hi, h_step))
@@ -137,14 +166,24 @@ def build_space(model: ModelSpec | str, preset: str = "hybrid", overrides: dict[
     if tokens:
         k_lo, k_hi, k_step = _range(o.get("token_keep"), (0.3, 1.0, 0.05), "token_keep")
         if not 0 < k_lo <= k_hi <= 1:
-            raise ConfigError(f"`0 < token_keep.low <= token_keep.high <= 1` must hold, but got ({k_lo}, {k_hi})")
-        default_modes = DEFAULT_TOKEN_MODES if a.num_prefix_tokens else ("merge",)  # attentive needs a class token
+            raise ConfigError(
+                f"`0 < token_keep.low <= token_keep.high <= 1` must hold, but got ({k_lo}, {k_hi})"
+            )
+        # attentive needs a class token
+        default_modes = DEFAULT_TOKEN_MODES if a.num_prefix_tokens else ("merge",)
         modes = _names(o, "token_modes", default_modes)
         if any(m not in TOKEN_MODES for m in modes):
-            raise ConfigError(f"token_modes must be a subset of {tuple(TOKEN_MODES.names())}, "
-                              f"got {list(modes)}")
-        token_blocks = _blocks(o, "token_blocks", default_token_blocks(a.depth), 1, a.depth - 1,
-                               "token reduction can start at blocks")
+            raise ConfigError(
+                f"token_modes must be a subset of {tuple(TOKEN_MODES.names())}, got {list(modes)}"
+            )
+        token_blocks = _blocks(
+            o,
+            "token_blocks",
+            default_token_blocks(a.depth),
+            1,
+            a.depth - 1,
+            "token reduction can start at blocks",
+        )
         for i in token_blocks:
             dims.append(Dim(f"token_keep_{i}", "float", k_lo, k_hi, k_step))
         dims.append(Dim("token_mode", "categorical", choices=modes))
@@ -162,7 +201,9 @@ def load_space(model: ModelSpec | str, preset_or_file: str | None) -> SearchSpac
             f"--space must be a preset name or a file path, but got {preset_or_file!r}"
         )
     path = Path(preset_or_file)
-    if preset_or_file.strip() and (path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_dir()):
+    if preset_or_file.strip() and (
+        path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_dir()
+    ):
         data = read_mapping(path, what="search-space")
         try:
             return build_space(model, data.get("preset", "hybrid"), data)
@@ -170,4 +211,6 @@ def load_space(model: ModelSpec | str, preset_or_file: str | None) -> SearchSpac
             raise ConfigError(f"{path}: {e}") from None
     if path.is_file():
         raise ConfigError(f"search-space file {path} must end in .yaml, .yml or .json; rename it")
-    raise ConfigError(f"unknown preset {preset_or_file!r}; choose one of {', '.join(PRESETS)} or pass a YAML file")
+    raise ConfigError(
+        f"unknown preset {preset_or_file!r}; choose one of {', '.join(PRESETS)} or pass a YAML file"
+    )

@@ -35,23 +35,28 @@ class Dim:
 
     def __post_init__(self) -> None:
         if self.kind not in ("int", "float", "categorical"):
-            raise ConfigError(f"dimension {self.name}: kind must be int, float or categorical, "
-                              f"got {self.kind!r}")
+            raise ConfigError(
+                f"dimension {self.name}: kind must be int, float or categorical, got {self.kind!r}"
+            )
         if self.kind == "categorical":
             if not self.choices:
                 raise ConfigError(f"dimension {self.name}: a categorical needs at least one choice")
             return
         if self.low is None or self.high is None or not self.low <= self.high:
-            raise ConfigError(f"dimension {self.name}: `low <= high` must hold, but got "
-                              f"(low={self.low}, high={self.high})")
+            raise ConfigError(
+                f"dimension {self.name}: `low <= high` must hold, but got "
+                f"(low={self.low}, high={self.high})"
+            )
         integral = float(self.low).is_integer() and float(self.high).is_integer()
         if self.kind == "int" and not integral:
-            raise ConfigError(f"dimension {self.name}: int bounds must be integers, "
-                              f"got {self.low}, {self.high}")
+            raise ConfigError(
+                f"dimension {self.name}: int bounds must be integers, got {self.low}, {self.high}"
+            )
         if self.step is not None:
             if self.step <= 0:
-                raise ConfigError(f"dimension {self.name}: `step > 0` must hold, "
-                                  f"but got step={self.step}")
+                raise ConfigError(
+                    f"dimension {self.name}: `step > 0` must hold, but got step={self.step}"
+                )
             n = (self.high - self.low) / self.step
             if abs(n - round(n)) > 1e-9:
                 raise ConfigError(
@@ -73,8 +78,9 @@ class Dim:
         if self.kind == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high),
-                                     step=int(self.step or 1))
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1)
+            )
         return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step)
 
     def to_ray(self):
@@ -177,7 +183,8 @@ class SearchSpace:
         if not any(b.keep for b in blocks):
             blocks[0] = BlockConfig(**{k: v for k, v in blocks[0].__dict__.items() if k != "keep"})
         return PruningConfig(
-            self.model, tuple(blocks),
+            self.model,
+            tuple(blocks),
             criterion=params.get("criterion", self.meta.get("criterion", "taylor")),
             width_mode=self.width_mode,
             token_mode=params.get("token_mode", self.meta.get("token_mode", "attentive")),

@@ -5,5 +5,6 @@ A plug-in's own tests call them; prunetune's tests run them over every registere
 
 from .pruners import check_pruner
 from .saliency import check_saliency
+from .token_modes import check_token_mode
 
-__all__ = ["check_pruner", "check_saliency"]
+__all__ = ["check_pruner", "check_saliency", "check_token_mode"]

@@ -60,10 +60,19 @@ def standard_configs(spec: ModelSpec) -> list[PruningConfig]:
         cfg(lambda i: BlockConfig(keep=i != 1)),
     ]
     for mode in TOKEN_MODES.names():
-        configs.append(cfg(lambda i: BlockConfig(token_keep=0.5 if i == 1 else 1.0),
-                           token_mode=mode))
-    configs.append(cfg(lambda i: BlockConfig(keep=i != depth - 1, heads=heads[i % 3],
-                                             mlp=mlp[(i + 1) % 3], sparsity=0.25 * (i % 2))))
+        configs.append(
+            cfg(lambda i: BlockConfig(token_keep=0.5 if i == 1 else 1.0), token_mode=mode)
+        )
+    configs.append(
+        cfg(
+            lambda i: BlockConfig(
+                keep=i != depth - 1,
+                heads=heads[i % 3],
+                mlp=mlp[(i + 1) % 3],
+                sparsity=0.25 * (i % 2),
+            )
+        )
+    )
     return configs
 
 
@@ -78,11 +87,18 @@ def check_pruner(name: str, spec: ModelSpec = TINY_SPEC) -> None:
     Raises:
         AssertionError: A rule is broken; the message names the pruner and the rule.
     """
-    _require(name in PRUNERS, name, "it is registered in prunetune.registry.PRUNERS",
-             f"registered: {', '.join(PRUNERS.names())}")
+    _require(
+        name in PRUNERS,
+        name,
+        "it is registered in prunetune.registry.PRUNERS",
+        f"registered: {', '.join(PRUNERS.names())}",
+    )
     pruner = PRUNERS.get(name)
-    _require(not pruner.applies(PruningConfig.dense(spec)), name,
-             "it does not apply to the dense configuration")
+    _require(
+        not pruner.applies(PruningConfig.dense(spec)),
+        name,
+        "it does not apply to the dense configuration",
+    )
     cfg = _exercising_config(name, pruner, spec)
 
     dense = tiny_model(spec).eval()
@@ -93,26 +109,42 @@ def check_pruner(name: str, spec: ModelSpec = TINY_SPEC) -> None:
     try:
         pruned = prune(dense, cfg)
     except Exception as e:
-        raise AssertionError(f"pruner {name!r} breaks a rule: prune() builds its configuration "
-                             f"(raised {type(e).__name__}: {e})") from e
+        raise AssertionError(
+            f"pruner {name!r} breaks a rule: prune() builds its configuration "
+            f"(raised {type(e).__name__}: {e})"
+        ) from e
     after = dense.state_dict()
     changed = [k for k in before if k not in after or not torch.equal(before[k], after[k])]
-    _require(not changed and after.keys() == before.keys(), name,
-             "prune() leaves the dense model untouched", f"changed {changed[:5]}")
+    _require(
+        not changed and after.keys() == before.keys(),
+        name,
+        "prune() leaves the dense model untouched",
+        f"changed {changed[:5]}",
+    )
     resolved = pruned.pruning_config
 
     cost, dense_cost = estimate_cost(resolved), estimate_cost(PruningConfig.dense(spec))
     measured = measure_macs(pruned, shape)
-    _require(cost.macs == measured, name,
-             "estimate_cost(config).macs equals measure_macs(pruned model)",
-             f"estimated {cost.macs:,}, measured {measured:,}")
-    _require(cost.macs <= dense_cost.macs, name, "the cost never exceeds the dense cost",
-             f"{cost.macs:,} > {dense_cost.macs:,} MACs")
+    _require(
+        cost.macs == measured,
+        name,
+        "estimate_cost(config).macs equals measure_macs(pruned model)",
+        f"estimated {cost.macs:,}, measured {measured:,}",
+    )
+    _require(
+        cost.macs <= dense_cost.macs,
+        name,
+        "the cost never exceeds the dense cost",
+        f"{cost.macs:,} > {dense_cost.macs:,} MACs",
+    )
 
     out = _outputs(pruned, x)
-    _require(out.shape == (len(x), arch.num_classes) and bool(torch.isfinite(out).all()), name,
-             "the pruned model runs forward to finite outputs",
-             f"got shape {tuple(out.shape)}, finite={bool(torch.isfinite(out).all())}")
+    _require(
+        out.shape == (len(x), arch.num_classes) and bool(torch.isfinite(out).all()),
+        name,
+        "the pruned model runs forward to finite outputs",
+        f"got shape {tuple(out.shape)}, finite={bool(torch.isfinite(out).all())}",
+    )
     _check_backward(name, copy.deepcopy(pruned), x)
 
     fresh = build_model(spec)
@@ -120,12 +152,17 @@ def check_pruner(name: str, spec: ModelSpec = TINY_SPEC) -> None:
         rebuild_structure(fresh, resolved)
         fresh.load_state_dict(pruned.state_dict())
     except Exception as e:
-        raise AssertionError(f"pruner {name!r} breaks a rule: rebuild_structure + load_state_dict "
-                             f"(strict) round-trips (raised {type(e).__name__}: {e})") from e
+        raise AssertionError(
+            f"pruner {name!r} breaks a rule: rebuild_structure + load_state_dict "
+            f"(strict) round-trips (raised {type(e).__name__}: {e})"
+        ) from e
     again = _outputs(fresh, x)
-    _require(torch.equal(again, out), name,
-             "the rebuilt model with the pruned weights computes the same outputs",
-             f"max difference {float((again - out).abs().max()):.3g}")
+    _require(
+        torch.equal(again, out),
+        name,
+        "the rebuilt model with the pruned weights computes the same outputs",
+        f"max difference {float((again - out).abs().max()):.3g}",
+    )
 
 
 # --- rules -----------------------------------------------------------------------------------
@@ -133,8 +170,9 @@ def check_pruner(name: str, spec: ModelSpec = TINY_SPEC) -> None:
 
 def _require(ok: bool, name: str, rule: str, detail: str = "") -> None:
     if not ok:
-        raise AssertionError(f"pruner {name!r} breaks a rule: {rule}"
-                             + (f" ({detail})" if detail else ""))
+        raise AssertionError(
+            f"pruner {name!r} breaks a rule: {rule}" + (f" ({detail})" if detail else "")
+        )
 
 
 def _exercising_config(name: str, pruner, spec: ModelSpec) -> PruningConfig:
@@ -144,8 +182,10 @@ def _exercising_config(name: str, pruner, spec: ModelSpec) -> PruningConfig:
         if pruner.applies(cfg):
             return cfg
     where = "its example_config(spec)" if own is not None else "a standard configuration"
-    raise AssertionError(f"pruner {name!r} breaks a rule: it applies to {where} (define "
-                         "example_config(spec) -> PruningConfig on the pruner to give one)")
+    raise AssertionError(
+        f"pruner {name!r} breaks a rule: it applies to {where} (define "
+        "example_config(spec) -> PruningConfig on the pruner to give one)"
+    )
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +204,11 @@ def _check_backward(name: str, model: nn.Module, x: torch.Tensor) -> None:
     _require(bool(torch.isfinite(loss)), name, "the pruned model trains to a finite loss")
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     missing = [n for n, p in params if p.grad is None]
-    _require(not missing, name, "backward reaches every trainable parameter",
-             f"no gradient for {missing[:5]}")
+    _require(
+        not missing,
+        name,
+        "backward reaches every trainable parameter",
+        f"no gradient for {missing[:5]}",
+    )
     bad = [n for n, p in params if not torch.isfinite(p.grad).all()]
     _require(not bad, name, "backward gives finite gradients", f"non-finite in {bad[:5]}")

@@ -35,7 +35,10 @@ class TokenMode(ABC):
     Registering it also registers the generic token pruner for it as ``tokens_<name>``; the
     pruner swaps each block from the first reducing one on to
     :class:`~prunetune.pruners._tokens.TokenBlock`, calls :meth:`install` for every reducing
-    block, and the blocks call :meth:`reduce` and :meth:`attn_bias` on every forward.
+    block, and the blocks call :meth:`reduce` and :meth:`attn_bias` on every forward. To
+    remove a mode (a test's temporary one), unregister ``name`` from ``TOKEN_MODES`` and
+    ``tokens_<name>`` from ``prunetune.registry.PRUNERS``.
+    :func:`prunetune.testing.token_modes.check_token_mode` is the contract every mode passes.
 
     Attributes:
         captures: Which of the previous kept block's ``"q"``/``"k"`` the mode reads (stored in
@@ -51,6 +54,12 @@ class TokenMode(ABC):
     def __init__(self) -> None:
         if getattr(type(self), "name", None) is not None:
             register_token_pruner(self.name)
+
+    def __copy__(self) -> TokenMode:
+        return self  # a registered mode is stateless (per-forward state lives in the context)
+
+    def __deepcopy__(self, memo: dict) -> TokenMode:
+        return self
 
     # --- configuration --------------------------------------------------------------------
 
@@ -86,8 +95,9 @@ class TokenMode(ABC):
 
     # --- runtime --------------------------------------------------------------------------
 
-    def install(self, model: nn.Module, block: nn.Module, prev_block: nn.Module | None,
-                ctx: TokenContext) -> None:
+    def install(
+        self, model: nn.Module, block: nn.Module, prev_block: nn.Module | None, ctx: TokenContext
+    ) -> None:
         """Prepares reducing ``block`` (hooks, modules); may refuse the model.
 
         ``prev_block`` is the previous kept block (None at the first kept block);
@@ -105,8 +115,9 @@ class TokenMode(ABC):
             )
         if self.captures:
             if prev_block is None:
-                raise ConfigError(f"token_mode={self.name!r} needs a kept block before the "
-                                  "first reducing one")
+                raise ConfigError(
+                    f"token_mode={self.name!r} needs a kept block before the first reducing one"
+                )
             ctx.capture(prev_block, self.captures)
 
     def reset(self, ctx: TokenContext) -> None:

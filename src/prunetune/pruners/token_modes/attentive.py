@@ -38,8 +38,9 @@ class AttentiveMode(TokenMode):
         kept = torch.cat([x[:, :pre], gather_tokens(patches, keep_idx)], dim=1)
         return self.add_dropped(kept, patches, cls_attn, order[:, k_keep:])
 
-    def add_dropped(self, x: torch.Tensor, patches: torch.Tensor, cls_attn: torch.Tensor,
-                    drop_idx: torch.Tensor) -> torch.Tensor:
+    def add_dropped(
+        self, x: torch.Tensor, patches: torch.Tensor, cls_attn: torch.Tensor, drop_idx: torch.Tensor
+    ) -> torch.Tensor:
         """What becomes of the dropped patch tokens ``drop_idx`` (here: nothing)."""
         return x
 
@@ -54,8 +55,9 @@ class AttentiveFuseMode(AttentiveMode):
     def extra_macs(self, arch, step: ReductionStep) -> int:
         return super().extra_macs(arch, step) + (step.p_in - step.kept) * arch.embed_dim
 
-    def add_dropped(self, x: torch.Tensor, patches: torch.Tensor, cls_attn: torch.Tensor,
-                    drop_idx: torch.Tensor) -> torch.Tensor:
+    def add_dropped(
+        self, x: torch.Tensor, patches: torch.Tensor, cls_attn: torch.Tensor, drop_idx: torch.Tensor
+    ) -> torch.Tensor:
         if drop_idx.shape[1] == 0:
             return x
         w = cls_attn.gather(1, drop_idx)

@@ -15,8 +15,13 @@ from ...registry import TOKEN_MODES
 from .._tokens import ReductionStep, TokenContext, gather_tokens, kept_tokens
 from ._base import TokenMode
 
-__all__ = ["RATIO_LOSS_WEIGHT", "KeepPredictor", "LearnedMode", "predictor_macs",
-           "predictor_params"]
+__all__ = [
+    "RATIO_LOSS_WEIGHT",
+    "KeepPredictor",
+    "LearnedMode",
+    "predictor_macs",
+    "predictor_params",
+]
 
 #: Weight of DynamicViT's keep-ratio loss in fine-tuning (the paper uses 2.0).
 RATIO_LOSS_WEIGHT = 2.0
@@ -45,8 +50,12 @@ class KeepPredictor(nn.Module):
         super().__init__()
         self.in_conv = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
         self.out_conv = nn.Sequential(
-            nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, dim // 4), nn.GELU(),
-            nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1),
+            nn.Linear(dim, dim // 2),
+            nn.GELU(),
+            nn.Linear(dim // 2, dim // 4),
+            nn.GELU(),
+            nn.Linear(dim // 4, 2),
+            nn.LogSoftmax(dim=-1),
         )
 
     def forward(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
