@@ -532,18 +532,24 @@ def test_unknown_criterion_raises_config_error():
         get_saliency(cls)
 
 
-def test_duplicate_registration_warns_and_the_later_wins(monkeypatch):
-    monkeypatch.setattr(_saliency, "_REGISTRY", dict(_saliency._REGISTRY))
+def test_duplicate_registration_warns_and_the_later_wins():
+    from prunetune.registry import SALIENCIES
 
-    with pytest.warns(UserWarning, match="'magnitude_l1' registered twice"):
+    original = SALIENCIES.get("magnitude_l1")
+    try:
+        with pytest.warns(UserWarning, match="'magnitude_l1' registered twice"):
 
-        @register_saliency("magnitude_l1")
-        class Shadow:
-            def scores(self, model, batches=()):
-                raise AssertionError("not called")
+            @register_saliency("magnitude_l1")
+            class Shadow:
+                def scores(self, model, batches=()):
+                    raise AssertionError("not called")
 
-    assert isinstance(get_saliency("magnitude_l1"), Shadow)
-    assert Shadow.name == "magnitude_l1"
+        assert isinstance(get_saliency("magnitude_l1"), Shadow)
+        assert Shadow.name == "magnitude_l1"
+    finally:
+        with pytest.warns(UserWarning):
+            SALIENCIES.register("magnitude_l1")(original)
+    assert get_saliency("magnitude_l1").__class__ is original
 
 
 def test_user_instance_is_accepted():

@@ -109,7 +109,8 @@ def _export_one(
                 f"artifacts folder there, or pass --untuned to export pruned weights without "
                 f"fine-tuning"
             )
-        model = prune(*_dense_and_scores(settings, config.criterion, evaluator), config)
+        dense, scores = _dense_and_scores(settings, config.criterion, evaluator)
+        model = prune(dense, config, scores=scores)
         save_pruned(model, dest, config)
         info["final"] = None  # its fine-tuned accuracy belongs to other weights
         info["weights"] = "pruned, not fine-tuned" + (
