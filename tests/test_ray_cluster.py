@@ -101,7 +101,13 @@ def ray_head(tmp_path_factory):
     if not ray_bin.is_file():
         pytest.skip("the ray command is not installed beside this interpreter")
     gcs, client = _free_port(), _free_port()
-    env = {**subprocess_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # a loaded 2-core machine can take longer than Ray's default 30 s to start the per-client
+    # server behind ray:// (the proxy then answers "Initialization failure from server")
+    env = {
+        **subprocess_env(),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180",
+    }
     start = subprocess.run(
         [
             str(ray_bin),

@@ -292,7 +292,9 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
         else:
             ray.init(address=address, include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        # Ray Client sends the server's traceback: its last line says what went wrong
+        msg = lines[-1] if lines[0].endswith(":") else lines[0]
         raise PrunetuneError(
             f"cannot connect to the Ray cluster at {address}: {msg[:200]}; {_CHECK_HEAD}"
         ) from None
