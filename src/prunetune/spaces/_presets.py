@@ -169,8 +169,12 @@ def build_space(
             raise ConfigError(
                 f"`0 < token_keep.low <= token_keep.high <= 1` must hold, but got ({k_lo}, {k_hi})"
             )
-        # attentive needs a class token
-        default_modes = DEFAULT_TOKEN_MODES if a.num_prefix_tokens else ("merge",)
+        # without a class token, only the modes that need none (not attentive)
+        default_modes = tuple(
+            m
+            for m in DEFAULT_TOKEN_MODES
+            if a.num_prefix_tokens or not TOKEN_MODES.get(m).needs_class_token
+        )
         modes = _names(o, "token_modes", default_modes)
         if any(m not in TOKEN_MODES for m in modes):
             raise ConfigError(

@@ -1,4 +1,4 @@
-"""Contract suites for the search-side registries: proxies, samplers and budget metrics.
+"""Contract suites for the search-side registries: proxies, samplers, budget metrics, backends.
 
 ::
 
@@ -25,7 +25,7 @@ from ..models import ViTArch
 from ..registry import BUDGET_METRICS, PROXIES, SAMPLERS
 from .saliency import TINY_SPEC, calibration_batches, tiny_model
 
-__all__ = ["check_budget_metric", "check_proxy", "check_sampler"]
+__all__ = ["check_backend", "check_budget_metric", "check_proxy", "check_sampler"]
 
 
 def _fail(kind: str, name: str, rule: str) -> AssertionError:
@@ -125,3 +125,85 @@ def check_budget_metric(name: str) -> None:
         raise _fail("budget metric", name, rule)
     if not isinstance(metric.format(d), str):
         raise _fail("budget metric", name, "format(value) must return text")
+
+
+class _ToyEvaluator:
+    """Scores candidates of a real search space instantly: the backend contract is about
+    scheduling and recording, not pruning. Accuracy grows with the kept heads, cost too."""
+
+    def __init__(self):
+        from ..spaces import build_space
+
+        self.space = build_space(TINY_SPEC, "structured")
+
+    def scores(self, criterion: str):
+        return None
+
+    def evaluate(self, params: dict, study):
+        from ..search import TrialRecord
+
+        heads = sum(v for k, v in params.items() if k.startswith("heads_"))
+        macs = 1000 * heads + 7
+        rec = TrialRecord(
+            config={"toy": True},
+            macs=macs,
+            params=heads,
+            constraint=-1.0,
+            budget_metric="macs",
+            budget_value=float(macs),
+        )
+        return rec, (heads / 100.0, float(macs))
+
+    def objective(self, trial):
+        rec, values = self.evaluate(self.space.suggest(trial), trial.study)
+        rec.write(trial)
+        return values
+
+
+def check_backend(name: str, folder, n_trials: int = 3, **settings: Any) -> None:
+    """A backend runs exactly the study's remaining trials, records each trial's values and
+    record, leaves nothing running, and runs no more once the total is reached.
+
+    ``folder`` holds the contract's SQLite study; ``settings`` are extra
+    :class:`prunetune.search.SearchSettings` fields (e.g. ``workers``).
+    """
+    from pathlib import Path
+
+    from ..registry import BACKENDS
+    from ..search import SearchSettings, TrialRecord, open_study, trial_counts
+    from ..search._samplers import make_sampler
+
+    folder = Path(folder)
+    s = SearchSettings(
+        storage=f"sqlite:///{folder / 'contract.db'}",
+        study="contract",
+        n_trials=n_trials,
+        backend=name,
+        artifacts=str(folder / "art"),
+        **settings,
+    ).resolved()
+    backend = BACKENDS.get(name)
+    backend.check(s)
+    ev = _ToyEvaluator()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(s.storage, s.study, make_sampler(s.sampler, s.seed, n_trials))
+    for _ in range(2):  # the second run finds the total reached
+        backend.run(study, ev, s, progress=False)
+        done, running = trial_counts(study)
+        if (done, running) != (n_trials, 0):
+            raise _fail(
+                "backend",
+                name,
+                f"the study must end with {n_trials} finished trials and "
+                f"none running, but has {done} and {running}",
+            )
+    for t in study.get_trials(deepcopy=False):
+        rec, values = ev.evaluate(t.params, study)
+        if t.values is None or list(t.values) != list(values):
+            raise _fail(
+                "backend",
+                name,
+                f"trial {t.number} must hold the evaluator's values {values}, but holds {t.values}",
+            )
+        if TrialRecord.of(t).macs != rec.macs:
+            raise _fail("backend", name, f"trial {t.number} must hold the evaluator's record")
