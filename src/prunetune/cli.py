@@ -334,6 +334,7 @@ _SEARCH_FIELDS = (
     "workers",
     "address",
     "refresh_latency_table",
+    "budget_target_low",
 )
 
 
@@ -758,6 +759,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_nonneg_int,
         default=100,
         help="distillation steps of the tier-b proxy",
+    )
+    s.add_argument(
+        "--budget-target-low",
+        type=_fraction,
+        default=None,
+        metavar="F",
+        help="scale each candidate onto a sampled cost in [F, 1] x the budget (default: only "
+        "shrink candidates that are over the budget)",
     )
     s.add_argument("--lr", type=_positive_float, default=5e-4)
     s.add_argument(

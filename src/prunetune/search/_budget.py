@@ -11,7 +11,15 @@ from ..evaluators import estimate_cost
 from ..models import ViTArch
 from ..registry import BUDGET_METRICS
 
-__all__ = ["Budget", "BudgetMetric", "parse_budget", "repair", "cost_of", "minimum_config"]
+__all__ = [
+    "Budget",
+    "BudgetMetric",
+    "cost_of",
+    "fit_to_target",
+    "minimum_config",
+    "parse_budget",
+    "repair",
+]
 
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _RE = re.compile(r"^\s*([a-z_]+)\s*=\s*([0-9]*\.?[0-9]+)\s*(%|[kKmMgGtT]|ms)?\s*$")
@@ -137,7 +145,8 @@ def cost_of(config: PruningConfig, arch: ViTArch, metric: str, latency_model=Non
 
 
 def _scaled(config: PruningConfig, arch: ViTArch, s: float) -> PruningConfig:
-    """Widths (heads, MLP) and token keep rates shrunk by the factor ``s`` (at least one unit)."""
+    """Widths (heads, MLP) and token keep rates scaled by ``s``: at least one unit, at most the
+    dense width and all tokens (``s > 1`` widens)."""
     blocks = []
     for b in config.blocks:
         if not b.keep:
@@ -145,9 +154,12 @@ def _scaled(config: PruningConfig, arch: ViTArch, s: float) -> PruningConfig:
             continue
         h = b.heads or arch.num_heads
         m = b.mlp or arch.mlp_hidden
-        kw = {"heads": max(1, round(h * s)), "mlp": max(1, round(m * s))}
+        kw = {
+            "heads": min(arch.num_heads, max(1, round(h * s))),
+            "mlp": min(arch.mlp_hidden, max(1, round(m * s))),
+        }
         if b.token_keep < 1.0:
-            kw["token_keep"] = round(max(1.0 / arch.num_patches, b.token_keep * s), 6)
+            kw["token_keep"] = round(min(1.0, max(1.0 / arch.num_patches, b.token_keep * s)), 6)
         blocks.append(replace(b, **kw))
     return config.replace(blocks=tuple(blocks))
 
@@ -175,6 +187,52 @@ def repair(
         else:
             hi = mid
     return _scaled(config, arch, lo), True
+
+
+def fit_to_target(
+    config: PruningConfig,
+    arch: ViTArch,
+    budget: Budget,
+    target: float,
+    latency_model=None,
+    iters: int = 30,
+) -> tuple[PruningConfig, bool]:
+    """Scales a count-mode config so its cost lands just under ``target`` x the budget limit.
+
+    Over the target, widths and token keep rates shrink (:func:`repair` onto the target);
+    under it, they grow by the largest factor that still fits (never past the dense widths or
+    all tokens; dropped blocks stay dropped). So the sampled ``target`` in ``[low, 1]``, not
+    wherever the sampled shape happens to land, decides the candidate's cost: the region near
+    the budget is searched and a lower budget tries other candidates.
+    Returns ``(config, changed)``; raises :class:`InfeasibleConfigError` as :func:`repair`.
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"`0 < target <= 1` must hold, but got target={target!r}")
+    goal = replace(budget, limit=budget.limit * target)
+    if cost_of(config, arch, goal.metric, latency_model) > goal.limit:
+        return repair(config, arch, goal, latency_model, iters)
+    top = 1.0
+    for b in config.blocks:
+        if b.keep:
+            top = max(
+                top,
+                arch.num_heads / (b.heads or arch.num_heads),
+                arch.mlp_hidden / (b.mlp or arch.mlp_hidden),
+                1.0 / b.token_keep,
+            )
+    if top <= 1.0:
+        return config, False
+    if cost_of(_scaled(config, arch, top), arch, goal.metric, latency_model) <= goal.limit:
+        return _scaled(config, arch, top), True
+    lo, hi = 1.0, top
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if cost_of(_scaled(config, arch, mid), arch, goal.metric, latency_model) <= goal.limit:
+            lo = mid
+        else:
+            hi = mid
+    grown = _scaled(config, arch, lo)
+    return grown, grown != config
 
 
 def minimum_config(config: PruningConfig, arch: ViTArch) -> PruningConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import optuna
 
@@ -13,12 +14,15 @@ from ..evaluators import ProxyContext, Tiers, estimate_cost, finetune, measure_l
 from ..models import resolve_model_spec
 from ..pruners import compute_scores, prune
 from ..registry import BUDGET_METRICS
-from ..spaces import SearchSpace, load_space
-from ._budget import Budget, cost_of, minimum_config, parse_budget, repair
+from ..spaces import Dim, SearchSpace, load_space
+from ._budget import Budget, cost_of, fit_to_target, minimum_config, parse_budget, repair
 from ._record import TrialRecord
 from ._settings import SearchSettings
 
-__all__ = ["Evaluator"]
+__all__ = ["TARGET_PARAM", "Evaluator"]
+
+#: The sampled fraction of the budget a candidate is scaled onto (``budget_target_low``).
+TARGET_PARAM = "budget_target"
 
 
 class Evaluator:
@@ -55,6 +59,9 @@ class Evaluator:
             check_dense=s.check_dense,
         )
         self.space = space or load_space(spec, s.space)
+        if s.budget_target_low is not None:  # the cost each candidate is scaled onto
+            target = Dim(TARGET_PARAM, "float", s.budget_target_low, 1.0)
+            self.space = replace(self.space, dims=(*self.space.dims, target))
         self.arch = self.base.arch
         dense = PruningConfig.dense(spec)
         self.dense_cost = estimate_cost(dense, self.arch)
@@ -120,6 +127,10 @@ class Evaluator:
                 config = config.resolve(self.scores(config.criterion))
         except ConfigError as e:
             raise InfeasibleConfigError(str(e)) from None
+        if TARGET_PARAM in params:
+            return fit_to_target(
+                config, self.arch, self.budget, float(params[TARGET_PARAM]), self.latency_model
+            )
         return repair(config, self.arch, self.budget, self.latency_model)
 
     def evaluate(

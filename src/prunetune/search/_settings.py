@@ -147,6 +147,7 @@ class SearchSettings:
     calib_samples: int = 256
     batch_size: int = 64
     tiers: tuple[TierSpec, ...] = field(default_factory=default_tiers)
+    budget_target_low: float | None = None
     lr: float = 5e-4
     final_epochs: float = 8.0
     front_max: int = 4
@@ -197,6 +198,10 @@ class SearchSettings:
             raise _bad("lr > 0", "lr", self.lr)
         if not _is_num(self.final_epochs) or self.final_epochs < 0:
             raise _bad("final_epochs >= 0", "final_epochs", self.final_epochs)
+        if self.budget_target_low is not None and (
+            not _is_num(self.budget_target_low) or not 0 < self.budget_target_low <= 1
+        ):
+            raise _bad("0 < budget_target_low <= 1", "budget_target_low", self.budget_target_low)
         if self.grace_period is not None and (
             not _is_int(self.grace_period) or self.grace_period < 1
         ):
@@ -335,6 +340,7 @@ class SearchSettings:
                 "calib_samples",
                 "batch_size",
                 "tiers",
+                "budget_target_low",
                 "lr",
                 "seed",
                 "mean",
