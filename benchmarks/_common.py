@@ -23,3 +23,15 @@ def interleaved_latency(
                 ).median_ms
             )
     return times
+
+
+def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: float) -> float:
+    """2-D hypervolume of (accuracy to maximise, cost to minimise) points w.r.t. (ref_acc,
+    ref_cost)."""
+    pts = sorted((c, a) for a, c in points if c <= ref_cost and a > ref_acc)
+    area, best = 0.0, ref_acc
+    for i, (c, a) in enumerate(pts):
+        best = max(best, a)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref_cost
+        area += (nxt - c) * (best - ref_acc)
+    return area

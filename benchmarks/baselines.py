@@ -40,6 +40,7 @@ from pathlib import Path
 
 import optuna
 
+from _common import hypervolume
 from prunetune import PruningConfig, estimate_cost, evaluate_accuracy
 from prunetune.data import make_loader
 from prunetune.search import (
@@ -53,18 +54,6 @@ from prunetune.search import (
 )
 
 CHANCE = 0.1  # digits: 10 classes
-
-
-def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: float) -> float:
-    """2-D hypervolume of (accuracy to maximise, cost to minimise) points w.r.t. (ref_acc,
-    ref_cost)."""
-    pts = sorted((c, a) for a, c in points if c <= ref_cost and a > ref_acc)
-    area, best = 0.0, ref_acc
-    for i, (c, a) in enumerate(pts):
-        best = max(best, a)
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref_cost
-        area += (nxt - c) * (best - ref_acc)
-    return area
 
 
 def hv_history(study: optuna.Study, dense_macs: float, fraction: float) -> list[float]:

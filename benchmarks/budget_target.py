@@ -33,6 +33,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _common import hypervolume
+
 CHANCE = 0.1  # digits: 10 classes
 
 WORKER = r"""
@@ -53,17 +55,6 @@ print(json.dumps({
     "states": [t.state.name for t in res.study.trials],
 }))
 """
-
-
-def hypervolume(points, ref_acc: float, ref_cost: float) -> float:
-    """Area dominated by (accuracy up, cost down) points inside the reference box."""
-    pts = sorted((c, a) for a, c in points if c <= ref_cost and a > ref_acc)
-    area, best = 0.0, ref_acc
-    for i, (c, a) in enumerate(pts):
-        best = max(best, a)
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref_cost
-        area += (nxt - c) * (best - ref_acc)
-    return area
 
 
 def run_one(method: str, seed: int, budget: int, low: float, work: Path) -> dict:

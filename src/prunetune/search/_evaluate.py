@@ -19,7 +19,7 @@ from ._budget import Budget, cost_of, fit_to_target, minimum_config, parse_budge
 from ._record import TrialRecord
 from ._settings import SearchSettings
 
-__all__ = ["TARGET_PARAM", "Evaluator"]
+__all__ = ["TARGET_PARAM", "Evaluator", "load_base_for"]
 
 #: The sampled fraction of the budget a candidate is scaled onto (``budget_target_low``).
 TARGET_PARAM = "budget_target"
@@ -44,20 +44,7 @@ class Evaluator:
     ):
         self.settings = s = settings
         spec = resolve_model_spec(s.model)
-        self.base = _session.load_base(
-            spec,
-            s.checkpoint,
-            s.data,
-            s.download,
-            s.data_root,
-            s.device,
-            mean=s.mean,
-            std=s.std,
-            interpolation=s.interpolation,
-            crop_pct=s.crop_pct,
-            announce=announce,
-            check_dense=s.check_dense,
-        )
+        self.base = load_base_for(s, announce=announce)
         self.space = space or load_space(spec, s.space)
         if s.budget_target_low is not None:  # the cost each candidate is scaled onto
             target = Dim(TARGET_PARAM, "float", s.budget_target_low, 1.0)
@@ -207,3 +194,25 @@ def _earlier_scores(study: optuna.Study, label: str) -> list[float]:
             if r is not None:
                 out.append(r.score)
     return out
+
+
+def load_base_for(
+    s: SearchSettings,
+    announce: Callable[[str], None] | None = None,
+    check_dense: bool | None = None,
+) -> _session.Loaded:
+    """The dense model and data a search with settings ``s`` works on."""
+    return _session.load_base(
+        resolve_model_spec(s.model),
+        s.checkpoint,
+        s.data,
+        s.download,
+        s.data_root,
+        s.device,
+        mean=s.mean,
+        std=s.std,
+        interpolation=s.interpolation,
+        crop_pct=s.crop_pct,
+        announce=announce,
+        check_dense=s.check_dense if check_dense is None else check_dense,
+    )

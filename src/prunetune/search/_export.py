@@ -128,23 +128,10 @@ def _dense_and_scores(settings: SearchSettings, criterion: str, evaluator=None):
     """The dense model and its saliency scores by ``criterion``, as the search computed them."""
     if evaluator is not None:
         return evaluator.base.model, evaluator.scores(criterion)
-    from .. import _session
-    from ..models import resolve_model_spec
+    from ._evaluate import load_base_for
 
     s = settings
-    base = _session.load_base(
-        resolve_model_spec(s.model),
-        s.checkpoint,
-        s.data,
-        s.download,
-        s.data_root,
-        s.device,
-        mean=s.mean,
-        std=s.std,
-        interpolation=s.interpolation,
-        crop_pct=s.crop_pct,
-        check_dense=False,
-    )
+    base = load_base_for(s, check_dense=False)
     calib = base.calibration(s.calib_samples, s.batch_size, s.seed)
     return base.model, compute_scores(base.model, criterion, calib)
 
