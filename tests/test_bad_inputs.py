@@ -619,7 +619,7 @@ CASES = [
     case(
         "data-digits-channels",
         f"{S} --model {{in}}/rgb_model.json --checkpoint {{in}}/rgb.safetensors --data digits",
-        "grayscale",
+        "digits data set has 1 channel",
     ),
     case(
         "saliency-unknown-criterion", "saliency --criterion hessain", "unknown criterion 'hessain'"

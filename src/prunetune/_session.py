@@ -12,9 +12,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DataSplits, calibration_batches, image_transform, load_data, make_loader
+from .data import (
+    BUILTIN_DATA,
+    DataSplits,
+    calibration_batches,
+    image_transform,
+    load_data,
+    make_loader,
+)
 from .errors import CheckpointError, PrunetuneError
-from .models import DEFAULT_MODEL, ModelSpec, ViTArch, build_model, load_weights
+from .models import BUILTIN_MODELS, ModelSpec, ViTArch, build_model, load_weights
 
 __all__ = ["resolve_device", "Loaded", "load_base", "Preprocessing", "resolve_preprocessing"]
 
@@ -185,10 +192,11 @@ def load_base(
     """
     dev = resolve_device(device)
     model = build_model(spec)
-    if checkpoint is None and spec.name == DEFAULT_MODEL and not spec.kwargs:
-        from .default import DEFAULT_WEIGHTS
+    builtin = spec.name in BUILTIN_MODELS
+    if checkpoint is None and builtin and not spec.kwargs:
+        from .default import weights_of
 
-        checkpoint = DEFAULT_WEIGHTS
+        checkpoint = weights_of(spec.name)
     if checkpoint is None:
         raise CheckpointError(
             f"--checkpoint is required for model {spec.name} (prunetune never downloads weights)"
@@ -196,10 +204,13 @@ def load_base(
     load_weights(model, checkpoint)
     model.to(dev).eval()
     arch = ViTArch.from_model(model)
-    if data is None and spec.name != DEFAULT_MODEL:
+    if data is None and not builtin:
         raise PrunetuneError(
-            f"--data is required for model {spec.name}; the digits default fits only digits_vit"
+            f"--data is required for model {spec.name}; the built-in data sets fit only "
+            f"the built-in models ({', '.join(BUILTIN_MODELS)})"
         )
+    if data is None:
+        data = BUILTIN_MODELS[spec.name][1]
     # the data's own checks (missing folders, classes) come first, then the preprocessing
     splits = load_data(
         data,
@@ -208,9 +219,13 @@ def load_base(
         download=download,
         root=data_root,
     )
-    if data in (None, "digits"):
+    if data in BUILTIN_DATA:
+        source = {
+            "digits": "scikit-learn digits, 8x8 upsampled",
+            "photos": "scikit-image photographs, 32x32 patches",
+        }[data]
         pre = Preprocessing(
-            {"builtin": "scikit-learn digits, 8x8 upsampled, (x - 0.5) / 0.5"},
+            {"builtin": f"{source}, (x - 0.5) / 0.5"},
             arch.in_chans,
             "built in",
         )

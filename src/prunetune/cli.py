@@ -305,6 +305,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 #: ``prunetune search`` flags that map one-to-one onto SearchSettings fields.
 _SEARCH_FIELDS = (
     "budget",
+    "start",
+    "cpu_budget",
     "model",
     "checkpoint",
     "data",
@@ -530,7 +532,8 @@ def cmd_dashboard(args) -> int:
 def cmd_train_default(args) -> int:
     from .default.train import train
 
-    m = train(args.epochs, args.lr, seed=args.seed, out=args.out)  # checks --out before training
+    # checks --out before training
+    m = train(args.epochs, args.lr, seed=args.seed, out=args.out, model=args.model)
     print(
         f"val accuracy {m['val_accuracy']:.4f}  test accuracy {m['test_accuracy']:.4f}  "
         f"({m['train_seconds']} s); wrote {m['weights']}"
@@ -539,6 +542,21 @@ def cmd_train_default(args) -> int:
 
 
 # --- argparse value types: a bad number is a one-line usage error before any work -------------
+
+
+def _starts(text: str) -> tuple[str, ...]:
+    from .search import STARTS
+
+    if text.strip().lower() == "none":
+        return ()
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in STARTS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown starting point {bad[0] if bad else text!r}; choose from "
+            f"{', '.join(STARTS)}, comma-separated, or none"
+        )
+    return kinds
 
 _INT_WORDS = {0: "an integer >= 0", 1: "an integer >= 1"}
 #: Largest seed every random generator in use accepts (NumPy's legacy seeding).
@@ -768,6 +786,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale each candidate onto a sampled cost in [F, 1] x the budget (default: only "
         "shrink candidates that are over the budget)",
     )
+    s.add_argument(
+        "--start",
+        type=_starts,
+        default=("uniform", "sensitivity"),
+        metavar="KINDS",
+        help="informed starting points a new study tries first, comma-separated, or none: "
+        "uniform, sensitivity (FastNAS-style over every dimension), fastnas (widths only) "
+        "(default: uniform,sensitivity)",
+    )
+    s.add_argument(
+        "--cpu-budget",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop starting trials once this process has used this much CPU time (the trial "
+        "count still caps the search)",
+    )
     s.add_argument("--lr", type=_positive_float, default=5e-4)
     s.add_argument(
         "--final-epochs",
@@ -844,7 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=8080)
     s.set_defaults(func=cmd_dashboard)
 
-    s = sub.add_parser("train-default", help="retrain the embedded digits_vit default")
+    s = sub.add_parser("train-default", help="retrain a built-in model (default: digits_vit)")
+    s.add_argument("--model", default="digits_vit", help="digits_vit (default) or photos_vit")
     s.add_argument("--epochs", type=_positive_int, default=120)
     s.add_argument("--lr", type=_positive_float, default=2e-3)
     s.add_argument("--seed", type=_seed, default=0)

@@ -30,6 +30,7 @@ __all__ = [
     "ViTArch",
     "SUPPORTED_FAMILIES",
     "DEFAULT_MODEL",
+    "BUILTIN_MODELS",
     "build_model",
     "check_supported",
     "load_weights",
@@ -53,6 +54,19 @@ DIGITS_VIT_KWARGS: dict[str, Any] = {
     "num_heads": 6,
     "mlp_ratio": 4.0,
 }
+#: The second built-in: the same shape on 32x32 RGB patches of scikit-image's photographs
+PHOTOS_VIT_KWARGS: dict[str, Any] = {
+    **DIGITS_VIT_KWARGS,
+    "img_size": 32,
+    "patch_size": 4,
+    "in_chans": 3,
+    "num_classes": 8,
+}
+#: Built-in models (weights shipped in ``prunetune/default``): name -> (kwargs, data set)
+BUILTIN_MODELS: dict[str, tuple[dict[str, Any], str]] = {
+    DEFAULT_MODEL: (DIGITS_VIT_KWARGS, "digits"),
+    "photos_vit": (PHOTOS_VIT_KWARGS, "photos"),
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,8 @@ class ModelSpec:
 
     Attributes:
         name: A timm model name (``vit_*``, ``deit_*``, ``deit3_*``), ``vit_custom`` for a
-            bare VisionTransformer built from ``kwargs``, or ``digits_vit`` (embedded default).
+            bare VisionTransformer built from ``kwargs``, or a built-in: ``digits_vit`` (the
+            embedded default) or ``photos_vit``.
         kwargs: Keyword arguments passed to the constructor (e.g. ``num_classes``).
         pretrained_cfg: The model's preprocessing, timm's way (``mean``, ``std``,
             ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``); merged over timm's
@@ -86,12 +101,13 @@ class ModelSpec:
             raise UnsupportedModelError(
                 f"model kwargs must have text keys, but got the key {bad[0]!r}"
             )
-        if self.name in (DEFAULT_MODEL, CUSTOM):
+        if self.name in BUILTIN_MODELS or self.name == CUSTOM:
             return
         if not self.name.startswith(SUPPORTED_FAMILIES):
             raise UnsupportedModelError(
                 f"model {self.name!r} is not supported; supported: timm names starting with "
-                f"{', '.join(SUPPORTED_FAMILIES)}, '{CUSTOM}' or '{DEFAULT_MODEL}'"
+                f"{', '.join(SUPPORTED_FAMILIES)}, '{CUSTOM}' or a built-in "
+                f"({', '.join(BUILTIN_MODELS)})"
             )
         if self.name not in timm.list_models():
             raise UnsupportedModelError(
@@ -200,8 +216,8 @@ def build_model(
     """Builds the base model with random init (never downloads weights) and checks support."""
     spec = ModelSpec.from_obj(spec)
     try:
-        if spec.name == DEFAULT_MODEL:
-            model = VisionTransformer(**{**DIGITS_VIT_KWARGS, **spec.kwargs})
+        if spec.name in BUILTIN_MODELS:
+            model = VisionTransformer(**{**BUILTIN_MODELS[spec.name][0], **spec.kwargs})
         elif spec.name == CUSTOM:
             model = VisionTransformer(**spec.kwargs)
         else:
@@ -213,10 +229,11 @@ def build_model(
             "fix the model's kwargs"
         ) from None
     check_supported(model)
-    if spec.name == DEFAULT_MODEL:  # how the embedded default was trained (prunetune.default.train)
+    if spec.name in BUILTIN_MODELS:  # how the built-ins were trained (prunetune.default.train)
+        chans = BUILTIN_MODELS[spec.name][0]["in_chans"]
         model.pretrained_cfg = {
-            "mean": (0.5,),
-            "std": (0.5,),
+            "mean": (0.5,) * chans,
+            "std": (0.5,) * chans,
             "crop_pct": 1.0,
             "interpolation": "bilinear",
         }

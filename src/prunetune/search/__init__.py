@@ -11,7 +11,8 @@ from ._record import TrialRecord, final_of, finals, study_entry
 from ._report import report_rows, write_report
 from ._search import SETTINGS_FILE, SearchResult, search
 from ._select import best_trial, pareto_front, pick_members
-from ._settings import SearchSettings, TierSpec, default_tiers, settings_of
+from ._settings import STARTS, SearchSettings, TierSpec, default_tiers, settings_of
+from ._start import sensitivity_params, starting_points, uniform_params
 from ._study import (
     DEFAULT_STORAGE,
     DEFAULT_STUDY,
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_STUDY",
     "Evaluator",
     "SETTINGS_FILE",
+    "STARTS",
     "SearchResult",
     "SearchSettings",
     "TierSpec",
@@ -47,10 +49,13 @@ __all__ = [
     "report_rows",
     "run_pareto_stage",
     "search",
+    "sensitivity_params",
     "settings_of",
+    "starting_points",
     "study_entry",
     "study_status",
     "trial_counts",
+    "uniform_params",
     "write_report",
 ]
 

@@ -69,7 +69,10 @@ def run_trials(
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
                 done, running = trial_counts(study)
-                if done >= settings.n_trials or (
+                spent = settings.cpu_budget is not None and (
+                    time.process_time() >= settings.cpu_budget
+                )
+                if spent or done >= settings.n_trials or (
                     done + running >= settings.n_trials and not settings.run_final
                 ):
                     return ran

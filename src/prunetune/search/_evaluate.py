@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -65,19 +66,18 @@ class Evaluator:
         self._check_reachable()
         self.calib = self.base.calibration(s.calib_samples, s.batch_size, s.seed)
         self.val = self.base.val_batches()
-        self.tiers = Tiers(
-            s.tiers,
-            ProxyContext(
-                self.base.model,
-                self.calib,
-                self.base.data.train,
-                self.val,
-                s.lr,
-                s.batch_size,
-                s.seed,
-                progress,
-            ),
+        #: what the proxies were built from (the starting points build a cheaper one from it)
+        self.proxy_context = ProxyContext(
+            self.base.model,
+            self.calib,
+            self.base.data.train,
+            self.val,
+            s.lr,
+            s.batch_size,
+            s.seed,
+            progress,
         )
+        self.tiers = Tiers(s.tiers, self.proxy_context)
         self._scores: dict = {}
         self.dense_accuracy = self.base.dense_accuracy
 
@@ -162,6 +162,7 @@ class Evaluator:
         TrialPruned."""
         rec, values = self.evaluate(self.space.suggest(trial), trial.study)
         rec.write(trial)
+        trial.set_user_attr("cpu_seconds", round(time.process_time(), 3))  # this process's so far
         if values is None:
             raise optuna.TrialPruned(rec.stopped)
         return values

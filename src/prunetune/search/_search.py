@@ -26,7 +26,8 @@ from ._record import TrialRecord
 from ._samplers import make_sampler
 from ._select import best_trial, pareto_front
 from ._settings import SearchSettings
-from ._study import _storage_error, check_writable, find_study, open_study
+from ._start import starting_points
+from ._study import StudyLock, _storage_error, check_writable, find_study, open_study
 
 __all__ = ["SearchResult", "search"]
 
@@ -101,6 +102,21 @@ def _record_study(study: optuna.Study, settings: SearchSettings, ev: Evaluator) 
         study.set_metric_names(["accuracy", "latency_ms" if time_metric else "macs"])
 
 
+def _enqueue_starts(study: optuna.Study, ev: Evaluator, settings: SearchSettings) -> None:
+    """Queues the informed starting points once per study (the first worker to get here)."""
+    lock = StudyLock(settings.storage, settings.study)
+    lock.acquire()
+    try:
+        if study.user_attrs.get("starts") is not None:
+            return
+        points = starting_points(ev, settings.start)
+        for kind, params in points:
+            study.enqueue_trial(params, user_attrs={"start": kind}, skip_if_exists=True)
+        study.set_user_attr("starts", [kind for kind, _ in points])
+    finally:
+        lock.release()
+
+
 def search(
     budget: str | None = None,
     progress: bool = True,
@@ -155,6 +171,8 @@ def search(
     except optuna.exceptions.StorageInternalError as e:
         raise _storage_error(settings.storage, e, "write to") from None
     settings.dump(settings.artifacts_dir() / SETTINGS_FILE)
+    if settings.start:
+        _enqueue_starts(study, ev, settings)
     ran = backend.run(study, ev, settings, progress)
     finals = run_pareto_stage(study, ev, progress) if settings.run_final else {}
     best, _ = best_trial(study)

@@ -28,6 +28,11 @@ __all__ = ["SearchSettings", "TierSpec", "default_tiers", "settings_of"]
 SETTINGS_VERSION = 1
 
 
+#: Informed starting points a new study may try first (:mod:`prunetune.search._start`).
+STARTS = ("uniform", "sensitivity", "fastnas")
+#: The ones it tries by default.
+DEFAULT_STARTS = ("uniform", "sensitivity")
+
 #: Settings of the first file form, read into ``tiers``.
 _LEGACY_TIER_KEYS = ("tier_a_warmup", "tier_b_fraction", "tier_b_steps")
 
@@ -148,6 +153,8 @@ class SearchSettings:
     batch_size: int = 64
     tiers: tuple[TierSpec, ...] = field(default_factory=default_tiers)
     budget_target_low: float | None = None
+    start: tuple[str, ...] = DEFAULT_STARTS
+    cpu_budget: float | None = None
     lr: float = 5e-4
     final_epochs: float = 8.0
     front_max: int = 4
@@ -174,7 +181,7 @@ class SearchSettings:
                 "tiers",
                 tuple(TierSpec.from_obj(t, tier_label(i)) for i, t in enumerate(self.tiers)),
             )
-        for name in ("mean", "std"):
+        for name in ("mean", "std", "start"):
             v = getattr(self, name)
             if isinstance(v, list):
                 set_(self, name, tuple(v))
@@ -202,6 +209,17 @@ class SearchSettings:
             not _is_num(self.budget_target_low) or not 0 < self.budget_target_low <= 1
         ):
             raise _bad("0 < budget_target_low <= 1", "budget_target_low", self.budget_target_low)
+        if not isinstance(self.start, tuple) or any(k not in STARTS for k in self.start):
+            raise PrunetuneError(
+                f"start must list starting points among {', '.join(STARTS)} (or none), "
+                f"but got {self.start!r}"
+            )
+        if self.cpu_budget is not None and (not _is_num(self.cpu_budget) or self.cpu_budget <= 0):
+            raise _bad("cpu_budget > 0 (CPU seconds)", "cpu_budget", self.cpu_budget)
+        if self.cpu_budget is not None and self.backend != "optuna":
+            raise PrunetuneError(
+                "cpu_budget counts this process's CPU time and works only with --backend optuna"
+            )
         if self.grace_period is not None and (
             not _is_int(self.grace_period) or self.grace_period < 1
         ):
@@ -273,7 +291,7 @@ class SearchSettings:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tiers"] = [{k: v for k, v in asdict(t).items()} for t in self.tiers]
-        for name in ("mean", "std"):
+        for name in ("mean", "std", "start"):
             if d[name] is not None:
                 d[name] = list(d[name])
         return {"settings_version": SETTINGS_VERSION, **d}
@@ -341,6 +359,7 @@ class SearchSettings:
                 "batch_size",
                 "tiers",
                 "budget_target_low",
+                "start",
                 "lr",
                 "seed",
                 "mean",
