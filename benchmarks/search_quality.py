@@ -252,6 +252,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("/tmp/prunetune-search-quality"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--report-only", action="store_true", help="only tabulate runs.jsonl")
     a = p.parse_args()
     bad = [m for m in a.methods if m not in METHODS]
     if bad:

@@ -28,6 +28,7 @@ TINY = {
     "final_epochs": 0.1,
     "front_max": 2,
     "device": "cpu",
+    "start": (),  # the starting points have their own tests (test_start.py); this keeps it fast
 }
 #: The same for ``prunetune search`` (its identity settings match TINY, so studies can be shared).
 TINY_CLI = [
@@ -43,6 +44,8 @@ TINY_CLI = [
     "2",
     "--device",
     "cpu",
+    "--start",
+    "none",
     "--quiet",
 ]
 

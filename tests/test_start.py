@@ -92,6 +92,7 @@ def test_starting_points_skip_kinds_that_do_not_apply(ev10):
 def test_a_new_study_tries_the_starts_first_and_a_resume_does_not_repeat_them(tmp_path):
     kw = {
         **TINY,
+        "start": SearchSettings().start,  # the default: uniform, sensitivity
         "n_trials": 3,
         "run_final": False,
         "storage": sqlite_url(tmp_path / "s.db"),
@@ -130,6 +131,10 @@ def test_cpu_budget_stops_starting_trials(tmp_path):
     assert 1 <= len(res.ran) < 40
     ends = sorted(t.user_attrs["cpu_seconds"] for t in res.study.trials)
     assert all(c < budget for c in ends[:-1])  # each later trial started under the budget
+
+
+def test_default_settings_try_uniform_and_sensitivity_first():
+    assert SearchSettings().start == ("uniform", "sensitivity")
 
 
 def test_settings_reject_bad_starts_and_cpu_budgets():

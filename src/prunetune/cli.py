@@ -558,6 +558,7 @@ def _starts(text: str) -> tuple[str, ...]:
         )
     return kinds
 
+
 _INT_WORDS = {0: "an integer >= 0", 1: "an integer >= 1"}
 #: Largest seed every random generator in use accepts (NumPy's legacy seeding).
 MAX_SEED = 2**32 - 1

@@ -72,8 +72,10 @@ def run_trials(
                 spent = settings.cpu_budget is not None and (
                     time.process_time() >= settings.cpu_budget
                 )
-                if spent or done >= settings.n_trials or (
-                    done + running >= settings.n_trials and not settings.run_final
+                if (
+                    spent
+                    or done >= settings.n_trials
+                    or (done + running >= settings.n_trials and not settings.run_final)
                 ):
                     return ran
                 if done + running >= settings.n_trials:

@@ -359,7 +359,6 @@ class SearchSettings:
                 "batch_size",
                 "tiers",
                 "budget_target_low",
-                "start",
                 "lr",
                 "seed",
                 "mean",
