@@ -35,3 +35,15 @@ def hypervolume(points: list[tuple[float, float]], ref_acc: float, ref_cost: flo
         nxt = pts[i + 1][0] if i + 1 < len(pts) else ref_cost
         area += (nxt - c) * (best - ref_acc)
     return area
+
+
+def ci95(xs: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % t-interval (Student t for n <= 10, 2.0 beyond)."""
+    import math
+    import statistics
+
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
+    m = statistics.mean(xs)
+    if len(xs) < 2:
+        return m, math.nan
+    return m, t.get(len(xs), 2.0) * statistics.stdev(xs) / math.sqrt(len(xs))

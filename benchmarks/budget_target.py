@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from _common import hypervolume
+from _common import ci95, hypervolume
 
 CHANCE = 0.1  # digits: 10 classes
 
@@ -89,15 +88,6 @@ def run_one(method: str, seed: int, budget: int, low: float, work: Path) -> dict
     costs = [c for _, c in row.pop("points")]
     row["macs_range"] = [round(min(costs), 3), round(max(costs), 3)] if costs else None
     return row
-
-
-def ci95(xs: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t-interval (n <= 10)."""
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
-    m = statistics.mean(xs)
-    if len(xs) < 2:
-        return m, math.nan
-    return m, t.get(len(xs), 2.0) * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import hypervolume
+from _common import ci95, hypervolume
 from prunetune.search import SearchSettings
 
 TASKS = {"digits": ("digits_vit", 0.1), "photos": ("photos_vit", 0.125)}
@@ -208,15 +208,6 @@ def run_one(method: str, task: str, budget: int, seed: int, cpu: float, work: Pa
             "trials": [],
         }
     return row
-
-
-def ci95(xs: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t-interval."""
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
-    m = statistics.mean(xs)
-    if len(xs) < 2:
-        return m, math.nan
-    return m, t.get(len(xs), 2.0) * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
 def curves(trials: list, chance: float, fraction: float, grid: list[float]):
