@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._accuracy import AccuracyResult, evaluate_accuracy
 from ._cost import BlockCost, Cost, count_params, estimate_cost, format_macs, measure_macs
-from ._finetune import distillation_loss, finetune
+from ._finetune import TeacherCache, distillation_loss, finetune
 from ._latency import LatencyResult, measure_latency
 from ._latency_table import LatencyTable
 from ._proxies import (
@@ -29,6 +29,7 @@ __all__ = [
     "gate_passes",
     "tier_label",
     "ShortKDProxy",
+    "TeacherCache",
     "ZeroShotProxy",
     "count_params",
     "get_proxy",

@@ -13,7 +13,46 @@ from tqdm import tqdm
 from ..data import make_loader
 from ..pruners._tokens import token_aux_loss
 
-__all__ = ["finetune", "distillation_loss"]
+__all__ = ["TeacherCache", "finetune", "distillation_loss"]
+
+
+class TeacherCache:
+    """The teacher's logits for every step of seeded fine-tuning runs, computed once.
+
+    :func:`finetune` draws its batches from a loader shuffled by a fixed seed, and prunetune's
+    data sets are deterministic (the eval transform, no augmentation), so step ``k`` of every
+    run with the same data set, batch size and seed sees the same batch, and the teacher's
+    logits for it are the same numbers. A search distils many candidates from one dense model
+    with one seed (the short-KD tier and the Pareto stage): the teacher runs once per step
+    instead of once per step and candidate. At low budgets the dense teacher's forward is most
+    of a distillation step's cost.
+
+    Do not use it over a data set whose samples change between reads (random augmentation).
+
+    Args:
+        teacher: The dense model (eval mode).
+        max_bytes: Logits kept at most; beyond, steps are computed as without the cache.
+    """
+
+    def __init__(self, teacher: nn.Module, max_bytes: int = 512 * 2**20):
+        self.teacher, self.max_bytes = teacher, max_bytes
+        self._logits: dict[tuple, torch.Tensor] = {}
+        self.bytes = self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def __call__(self, key: tuple, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for ``x``, the batch of step ``key`` (see :func:`finetune`)."""
+        hit = self._logits.get(key)
+        if hit is not None and hit.shape[0] == x.shape[0]:
+            self.hits += 1
+            return hit.to(x.device)
+        self.misses += 1
+        out = self.teacher(x)
+        size = out.numel() * out.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self._logits[key] = out.detach().clone()
+            self.bytes += size
+        return out
 
 
 def distillation_loss(
@@ -50,12 +89,15 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
     desc: str = "fine-tune",
+    teacher_cache: TeacherCache | None = None,
 ) -> nn.Module:
     """Fine-tunes ``student`` in place (AdamW, cosine schedule) with KD from ``teacher``.
 
     ``epochs`` may be fractional (a number of steps). Sparsity masks stay applied (they are
     ``torch.nn.utils.prune`` re-parametrisations); learned token-keep predictors train end to
     end with their ratio loss added. Raises FloatingPointError on a non-finite loss.
+    With ``teacher_cache`` (whose teacher is ``teacher``), the teacher's logits of each step
+    are computed once across runs with the same data, batch size and seed.
     """
     dev = next(student.parameters()).device
     loader = make_loader(train, batch_size, shuffle=True, seed=seed)
@@ -66,6 +108,9 @@ def finetune(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
     )
+    if teacher_cache is not None and teacher_cache.teacher is not teacher:
+        raise ValueError("teacher_cache holds another teacher's logits")
+    run = (id(train), len(train), batch_size, seed)
     if teacher is not None:
         teacher.eval()
     student.train()
@@ -77,8 +122,11 @@ def finetune(
                 x, y = x.to(dev), y.to(dev)
                 out = student(x)
                 if teacher is not None:
-                    with torch.no_grad():
-                        t = teacher(x)
+                    if teacher_cache is not None:
+                        t = teacher_cache((*run, done), x)
+                    else:
+                        with torch.no_grad():
+                            t = teacher(x)
                     loss = distillation_loss(out, t, y, alpha, temperature)
                 else:
                     loss = F.cross_entropy(out, y)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..registry import PROXIES
 from ._accuracy import evaluate_accuracy
-from ._finetune import finetune
+from ._finetune import TeacherCache, finetune
 
 __all__ = [
     "ProxyContext",
@@ -59,6 +59,8 @@ class ProxyContext:
         val: Validation batches ``[(x, y), ...]``.
         lr, batch_size, seed: The search's fine-tuning settings.
         progress: Whether a proxy may show a progress bar.
+        teacher_cache: The dense model's logits per distillation step, shared by every
+            distillation of the search (:class:`prunetune.evaluators.TeacherCache`), or None.
     """
 
     dense: nn.Module
@@ -69,6 +71,7 @@ class ProxyContext:
     batch_size: int = 64
     seed: int = 0
     progress: bool = False
+    teacher_cache: TeacherCache | None = None
 
 
 @torch.no_grad()
@@ -133,8 +136,10 @@ class ShortKDProxy:
         batch_size: int = 64,
         seed: int = 0,
         progress: bool = False,
+        teacher_cache: TeacherCache | None = None,
     ):
         self.dense, self.train, self.val, self.steps = dense, train, val, steps
+        self.teacher_cache = teacher_cache
         self.lr, self.batch_size, self.seed = lr, batch_size, seed
         self.last: dict = {}
         self.progress = progress
@@ -149,7 +154,15 @@ class ShortKDProxy:
     def from_context(cls, ctx: ProxyContext, *, steps: int = 100) -> ShortKDProxy:
         cls.check(steps=steps)
         return cls(
-            ctx.dense, ctx.train, ctx.val, steps, ctx.lr, ctx.batch_size, ctx.seed, ctx.progress
+            ctx.dense,
+            ctx.train,
+            ctx.val,
+            steps,
+            ctx.lr,
+            ctx.batch_size,
+            ctx.seed,
+            ctx.progress,
+            ctx.teacher_cache,
         )
 
     def score(self, model: nn.Module) -> float:
@@ -165,6 +178,7 @@ class ShortKDProxy:
             seed=self.seed,
             progress=self.progress,
             desc="short_kd (distil)",
+            teacher_cache=self.teacher_cache,
         )
         acc = evaluate_accuracy(student, self.val).accuracy
         self.last = {"accuracy": acc, "steps": self.steps}

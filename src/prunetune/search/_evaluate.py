@@ -11,7 +11,14 @@ import optuna
 from .. import _session
 from ..config import BlockConfig, PruningConfig
 from ..errors import ConfigError, InfeasibleConfigError, PrunetuneError
-from ..evaluators import ProxyContext, Tiers, estimate_cost, finetune, measure_latency
+from ..evaluators import (
+    ProxyContext,
+    TeacherCache,
+    Tiers,
+    estimate_cost,
+    finetune,
+    measure_latency,
+)
 from ..models import resolve_model_spec
 from ..pruners import compute_scores, prune
 from ..registry import BUDGET_METRICS
@@ -66,6 +73,8 @@ class Evaluator:
         self._check_reachable()
         self.calib = self.base.calibration(s.calib_samples, s.batch_size, s.seed)
         self.val = self.base.val_batches()
+        #: the dense model's logits per distillation step, shared by tier b and the Pareto stage
+        self.teacher_cache = TeacherCache(self.base.model)
         #: what the proxies were built from (the starting points build a cheaper one from it)
         self.proxy_context = ProxyContext(
             self.base.model,
@@ -76,6 +85,7 @@ class Evaluator:
             s.batch_size,
             s.seed,
             progress,
+            self.teacher_cache,
         )
         self.tiers = Tiers(s.tiers, self.proxy_context)
         self._scores: dict = {}
@@ -182,6 +192,7 @@ class Evaluator:
             seed=s.seed,
             progress=progress,
             desc=desc,
+            teacher_cache=self.teacher_cache,
         )
         return model
 
