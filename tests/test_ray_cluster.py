@@ -184,3 +184,31 @@ def test_unreachable_address_is_one_line(tmp_path):
         "prunetune: error: cannot connect to the Ray cluster"
     ), res.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_ray_client_start_up_failure_is_retried_and_other_errors_are_not():
+    from prunetune.search._ray import _client_init
+
+    class FakeRay:
+        def __init__(self, errors):
+            self.errors, self.inits, self.shutdowns = list(errors), 0, 0
+
+        def init(self, **kw):
+            self.inits += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    flaky = FakeRay([ConnectionError("Starting Ray client server failed. See ...err")])
+    _client_init(flaky, "ray://127.0.0.1:1", {}, pause=0)
+    assert (flaky.inits, flaky.shutdowns) == (2, 1)
+    down = FakeRay([ConnectionError("Starting Ray client server failed")] * 3)
+    with pytest.raises(ConnectionError):
+        _client_init(down, "ray://127.0.0.1:1", {}, attempts=3, pause=0)
+    assert down.inits == 3
+    wrong = FakeRay([ConnectionError("Connection refused")])
+    with pytest.raises(ConnectionError, match="refused"):
+        _client_init(wrong, "ray://127.0.0.1:1", {}, pause=0)
+    assert wrong.inits == 1

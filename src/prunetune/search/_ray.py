@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,24 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+#: what Ray Client's proxy answers when the per-driver server it spawns did not come up in time
+#: (seen on a loaded 2-core machine); the next attempt usually gets one
+_CLIENT_START_FAILED = ("Starting Ray client server failed", "Initialization failure from server")
+
+
+def _client_init(ray, address: str, quiet: dict, attempts: int = 3, pause: float = 5.0) -> None:
+    """``ray.init`` through Ray Client, retried when only the server's start-up failed."""
+    for attempt in range(attempts):
+        try:
+            ray.init(address=address, **quiet)
+            return
+        except (ConnectionError, RuntimeError) as e:
+            if attempt == attempts - 1 or not any(m in str(e) for m in _CLIENT_START_FAILED):
+                raise
+            ray.shutdown()  # nothing half-connected is left for the next attempt
+            time.sleep(pause)
+
+
 def _connect(address: str | None, workers: int, progress: bool) -> None:
     """Starts a private local Ray cluster on loopback, or joins ``address`` (host:port or ray://).
 
@@ -288,7 +307,7 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
     address = address.strip()
     try:
         if address.startswith("ray://"):
-            ray.init(address=address, **quiet)
+            _client_init(ray, address, quiet)
         else:
             ray.init(address=address, include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
