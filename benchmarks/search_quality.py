@@ -24,8 +24,9 @@ without touching each other's CPU time) and the same tiers and Pareto stage; onl
 
 Search methods stop starting trials once their process has used ``--cpu`` CPU seconds
 (``--cpu-budget``), so they compare at equal CPU, not at equal trials. prunetune and TPE keep
-the default trial count (24: it sizes NSGA-II's population and TPE's random start), random
-search's cap is 400; a search that reaches its cap before the CPU budget simply used less.
+TPE keeps the default trial count (24: it sizes TPE's random start); prunetune and random
+search have a cap of 400 (NSGA-II's population stays at 8 whatever the cap), so the CPU budget
+ends them; a search that reaches its cap before the CPU budget simply used less.
 Every trial records the process's CPU seconds when it ended, giving anytime curves: best
 feasible tier-b accuracy and hypervolume (feasible completed trials, (tier-b accuracy, MACs /
 dense), reference (chance, the budget fraction)) against CPU seconds. The table reports the
@@ -172,9 +173,8 @@ def settings_for(method: str, task: str, budget: int, seed: int, cpu: float, wor
         "n_trials": MAX_TRIALS,
         "cpu_budget": cpu,
     }
-    if method in ("prunetune", "tpe"):
-        # the default trial count sets NSGA-II's population and TPE's random start as a user's
-        # search has them; the CPU budget usually ends the search first
+    if method == "tpe":
+        # the default trial count sets TPE's random start as a user's search has it
         kw["n_trials"] = SearchSettings().n_trials
     if method in ("random", "tpe", "random3x"):
         kw.update(sampler="random" if method != "tpe" else "tpe", start=[])
