@@ -3,7 +3,8 @@
 The suites live in :mod:`prunetune.testing` so that a plug-in's own tests can run them; here
 they run over every registered name (a newly registered one is picked up automatically). Token
 pruners (``tokens_<mode>``) are left to the token-mode contract when the package ships one.
-The last tests check that the suites do fail on broken plug-ins.
+They run on a tiny model of every model family (``tests/_families.py``). The last tests check
+that the suites do fail on broken plug-ins.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from _families import CONTRACT_FAMILIES, needs_library
 from prunetune.pruners import group_scores
 from prunetune.registry import PRUNERS, SALIENCIES
 from prunetune.testing import check_pruner, check_saliency
@@ -32,15 +34,19 @@ def _one_thread():
 
 
 @pytest.mark.parametrize("name", SALIENCIES.names())
-def test_saliency_contract(name):
-    check_saliency(name)
+@pytest.mark.parametrize("family", list(CONTRACT_FAMILIES))
+def test_saliency_contract(family, name):
+    needs_library(family)
+    check_saliency(name, CONTRACT_FAMILIES[family])
 
 
 @pytest.mark.parametrize("name", PRUNERS.names())
-def test_pruner_contract(name):
+@pytest.mark.parametrize("family", list(CONTRACT_FAMILIES))
+def test_pruner_contract(family, name):
     if name.startswith("tokens_") and TOKEN_CONTRACT:
         pytest.skip("token pruners are covered by prunetune.testing.token_modes")
-    check_pruner(name)
+    needs_library(family)
+    check_pruner(name, CONTRACT_FAMILIES[family])
 
 
 # --- the suites catch broken plug-ins --------------------------------------------------------

@@ -14,15 +14,15 @@ import os
 import shlex
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from _helpers import PG_URL, _postgres_reachable, assert_usage_error, run, sqlite_url
+from _user_data import TINY_SEARCH, write_textures
+from _user_data import user_split as _split
 from prunetune import PruningConfig, load_pruned
 from prunetune.models import ModelSpec
 from prunetune.search import load_study
@@ -37,49 +37,6 @@ KWARGS = {
     "num_heads": 2,
     "mlp_ratio": 2.0,
 }
-CLASSES = ("checker", "horizontal", "vertical")
-TINY_SEARCH = [
-    "--n-trials",
-    "3",
-    "--tier-b-steps",
-    "4",
-    "--calib-samples",
-    "32",
-    "--batch-size",
-    "16",
-    "--final-epochs",
-    "0.2",
-    "--front-max",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-]
-
-
-def _texture(kind: str, rng: np.random.Generator) -> np.ndarray:
-    period = int(rng.integers(4, 9))
-    phase = int(rng.integers(0, period))
-    i = (np.arange(32)[:, None] + phase) // (period // 2)
-    j = (np.arange(32)[None, :] + phase) // (period // 2)
-    pattern = {"checker": (i + j) % 2, "horizontal": i % 2 + 0 * j, "vertical": j % 2 + 0 * i}[kind]
-    img = 0.3 + 0.4 * pattern + rng.normal(0, 0.25, (32, 32))
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
-
-
-def _user_transform(path: Path) -> torch.Tensor:
-    """The user's own preprocessing: grey, [0, 1], then (x - 0.5) / 0.5."""
-    x = torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0)
-    return ((x - 0.5) / 0.5).unsqueeze(0)
-
-
-def _split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    files = [
-        (p, c)
-        for c, name in enumerate(CLASSES)
-        for p in sorted((root / split / name).glob("*.png"))
-    ]
-    return torch.stack([_user_transform(p) for p, _ in files]), torch.tensor([c for _, c in files])
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +44,7 @@ def user(tmp_path_factory):
     """The user's files: data/{train,val,test}, tex_vit.json (with pretrained_cfg),
     tex_vit.safetensors."""
     root = tmp_path_factory.mktemp("user")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 60), ("val", 25), ("test", 25)):
-        for kind in CLASSES:
-            d = root / "data" / split / kind
-            d.mkdir(parents=True)
-            for k in range(n):
-                Image.fromarray(_texture(kind, rng), mode="L").save(d / f"{k}.png")
+    write_textures(root / "data")
     torch.manual_seed(0)
     model = VisionTransformer(**KWARGS)
     x, y = _split(root / "data", "train")

@@ -654,7 +654,7 @@ def test_unsupported_models_raise():
         build_model("resnet18")
     resnet = timm.create_model("resnet18", pretrained=False, num_classes=10)
     cfg = PruningConfig.dense(FAMILIES["digits_vit"])
-    with pytest.raises(UnsupportedModelError, match="ResNet is not a timm VisionTransformer"):
+    with pytest.raises(UnsupportedModelError, match="ResNet is not a supported Vision Transformer"):
         prune(resnet, cfg)
     with pytest.raises(UnsupportedModelError):
         ViTArch.from_model(resnet)

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 import torch
 
+from _families import CONTRACT_FAMILIES, needs_library
 from prunetune import (
     BlockConfig,
     ConfigError,
@@ -189,5 +190,7 @@ def test_contract_fails_on_a_mode_whose_cost_is_wrong(tmp_path):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("name", TOKEN_MODES.names())
-def test_every_registered_mode_passes_the_contract(name, seed):
-    check_token_mode(name, seed=seed)
+@pytest.mark.parametrize("family", list(CONTRACT_FAMILIES))
+def test_every_registered_mode_passes_the_contract(family, name, seed):
+    needs_library(family)
+    check_token_mode(name, CONTRACT_FAMILIES[family], seed=seed)

@@ -256,11 +256,12 @@ def test_timm_version_in_tested_range():
     import timm
     from packaging.version import Version
 
-    from prunetune.pruners._tokens import check_timm_support
+    from prunetune.families.timm_vit import TimmViT
+    from prunetune.pruners._tokens import check_token_support
 
     v = Version(timm.__version__)
     assert Version("1.0.15") <= v < Version("1.1")  # the range pinned in pyproject.toml
-    check_timm_support()  # the hooks our token blocks rely on exist in this timm
+    check_token_support(TimmViT())  # the hooks our token blocks rely on exist in this timm
 
 
 def test_attentive_modes_need_a_class_token():

@@ -1,4 +1,4 @@
-"""prunetune: find, apply and export pruning configurations for timm Vision Transformers."""
+"""prunetune: find, apply and export pruning configurations for timm and Hugging Face ViTs."""
 
 from __future__ import annotations
 

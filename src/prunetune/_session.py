@@ -21,7 +21,8 @@ from .data import (
     make_loader,
 )
 from .errors import CheckpointError, PrunetuneError
-from .models import BUILTIN_MODELS, ModelSpec, ViTArch, build_model, load_weights
+from .families import family_for
+from .models import BUILTIN_MODELS, ModelSpec, ViTArch, build_model, input_shape, load_weights
 
 __all__ = ["resolve_device", "Loaded", "load_base", "Preprocessing", "resolve_preprocessing"]
 
@@ -57,8 +58,7 @@ class Loaded:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        h, w = self.model.patch_embed.img_size
-        return (self.arch.in_chans, h, w)
+        return input_shape(self.model)
 
     def calibration(self, num_samples: int = 256, batch_size: int = 64, seed: int = 0) -> list:
         if self.data is None:
@@ -142,8 +142,7 @@ def resolve_preprocessing(
     }
     if "crop_pct" not in cfg and "crop_pct" not in args:
         args["crop_pct"] = 1.0  # no pretrained recipe: resize to the input size, crop nothing
-    side = model.patch_embed.img_size
-    args["input_size"] = (in_chans, side[0], side[1])
+    args["input_size"] = (in_chans, *input_shape(model)[1:])
     from timm.data import resolve_data_config
 
     data_config = resolve_data_config(args, model=model)
@@ -193,15 +192,19 @@ def load_base(
     dev = resolve_device(device)
     model = build_model(spec)
     builtin = spec.name in BUILTIN_MODELS
+    family = family_for(spec.name)
     if checkpoint is None and builtin and not spec.kwargs:
         from .default import weights_of
 
         checkpoint = weights_of(spec.name)
-    if checkpoint is None:
+    if checkpoint is None and family.default_checkpoint(spec.name) is not None:
+        family.load_pretrained(model, spec.name)  # the model folder's own weights
+    elif checkpoint is None:
         raise CheckpointError(
             f"--checkpoint is required for model {spec.name} (prunetune never downloads weights)"
         )
-    load_weights(model, checkpoint)
+    else:
+        load_weights(model, checkpoint)
     model.to(dev).eval()
     arch = ViTArch.from_model(model)
     if data is None and not builtin:
@@ -214,7 +217,7 @@ def load_base(
     # the data's own checks (missing folders, classes) come first, then the preprocessing
     splits = load_data(
         data,
-        img_size=model.patch_embed.img_size[0],
+        img_size=input_shape(model)[1],
         in_chans=arch.in_chans,
         download=download,
         root=data_root,

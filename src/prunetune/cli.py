@@ -52,7 +52,9 @@ def _add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     from .models import INTERPOLATIONS
 
     p.add_argument(
-        "--model", help="timm model name or a JSON/YAML model file (default: embedded digits_vit)"
+        "--model",
+        help="timm model name, hf:DIR (a Hugging Face ViT/DeiT folder) or a JSON/YAML model file "
+        "(default: embedded digits_vit)",
     )
     p.add_argument(
         "--checkpoint", help="weights file: .safetensors or .pth (loaded with weights_only)"
@@ -691,7 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="per-block heads, MLP width, tokens, MACs and params")
-    s.add_argument("--model", help="timm model name or JSON/YAML model file (default: digits_vit)")
+    s.add_argument(
+        "--model", help="timm model name, hf:DIR or a JSON/YAML model file (default: digits_vit)"
+    )
     s.add_argument(
         "--config", help="show a pruning config's shapes and cost instead of the dense model"
     )

@@ -25,7 +25,7 @@ class ConfigError(PrunetuneError, ValueError):
 
 
 class UnsupportedModelError(PrunetuneError):
-    """The model is not one of the supported timm VisionTransformer families."""
+    """The model is not one that the supported model families (timm, Hugging Face) can prune."""
 
 
 class CheckpointError(PrunetuneError):

@@ -1,8 +1,9 @@
 """Base models: what we support, how we build them, and their dimensions.
 
-A base model is named by a :class:`ModelSpec` (a timm model name plus keyword arguments, or
-``vit_custom`` for a bare :class:`timm.models.vision_transformer.VisionTransformer`). A pruned
-model is always *spec + config + weights*: we never pickle modules.
+A base model is named by a :class:`ModelSpec` (a timm model name plus keyword arguments,
+``vit_custom`` for a bare timm ``VisionTransformer``, or ``hf:DIR`` for a Hugging Face ViT/DeiT
+folder); the model family that builds it (:mod:`prunetune.families`) is found from the name.
+A pruned model is always *spec + config + weights*: we never pickle modules.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from timm.layers import Mlp
-from timm.layers.attention import Attention
-from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from ._io import read_mapping
 from .errors import CheckpointError, UnsupportedModelError
+from .families import Part, family_for, family_of
+from .families.hf_vit import PREFIX as HF_PREFIX
+from .families.timm_vit import (
+    BUILTIN_MODELS,
+    CUSTOM,
+    DEFAULT_MODEL,
+    DIGITS_VIT_KWARGS,
+    PHOTOS_VIT_KWARGS,
+    SUPPORTED_PREFIXES,
+)
 
 __all__ = [
     "ModelSpec",
@@ -33,40 +40,15 @@ __all__ = [
     "BUILTIN_MODELS",
     "build_model",
     "check_supported",
+    "input_shape",
     "load_weights",
     "read_state_dict",
     "resolve_model_spec",
 ]
 
 #: Name prefixes of timm models we prune (all build timm's VisionTransformer).
-SUPPORTED_FAMILIES = ("vit_", "deit_", "deit3_")
-#: Name of the embedded default (a VisionTransformer trained on scikit-learn's digits).
-DEFAULT_MODEL = "digits_vit"
-CUSTOM = "vit_custom"
-
-DIGITS_VIT_KWARGS: dict[str, Any] = {
-    "img_size": 16,
-    "patch_size": 2,
-    "in_chans": 1,
-    "num_classes": 10,
-    "embed_dim": 96,
-    "depth": 6,
-    "num_heads": 6,
-    "mlp_ratio": 4.0,
-}
-#: The second built-in: the same shape on 32x32 RGB patches of scikit-image's photographs
-PHOTOS_VIT_KWARGS: dict[str, Any] = {
-    **DIGITS_VIT_KWARGS,
-    "img_size": 32,
-    "patch_size": 4,
-    "in_chans": 3,
-    "num_classes": 8,
-}
-#: Built-in models (weights shipped in ``prunetune/default``): name -> (kwargs, data set)
-BUILTIN_MODELS: dict[str, tuple[dict[str, Any], str]] = {
-    DEFAULT_MODEL: (DIGITS_VIT_KWARGS, "digits"),
-    "photos_vit": (PHOTOS_VIT_KWARGS, "photos"),
-}
+SUPPORTED_FAMILIES = SUPPORTED_PREFIXES
+__all__ += ["CUSTOM", "DIGITS_VIT_KWARGS", "PHOTOS_VIT_KWARGS"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +57,8 @@ class ModelSpec:
 
     Attributes:
         name: A timm model name (``vit_*``, ``deit_*``, ``deit3_*``), ``vit_custom`` for a
-            bare VisionTransformer built from ``kwargs``, or a built-in: ``digits_vit`` (the
+            bare VisionTransformer built from ``kwargs``, ``hf:DIR`` (a local Hugging Face
+            ViT/DeiT folder; ``kwargs`` override its config), or a built-in: ``digits_vit`` (the
             embedded default) or ``photos_vit``.
         kwargs: Keyword arguments passed to the constructor (e.g. ``num_classes``).
         pretrained_cfg: The model's preprocessing, timm's way (``mean``, ``std``,
@@ -94,6 +77,10 @@ class ModelSpec:
             raise UnsupportedModelError(
                 f"model name must be a non-empty string, but got {self.name!r}"
             )
+        if self.name.startswith(HF_PREFIX) and len(self.name) > len(HF_PREFIX):
+            # a folder: recorded absolute, so a config written here is read the same elsewhere
+            folder = Path(self.name[len(HF_PREFIX) :]).expanduser().resolve()
+            object.__setattr__(self, "name", HF_PREFIX + str(folder))
         if not isinstance(self.kwargs, dict):
             raise UnsupportedModelError(f"model kwargs must be a mapping, but got {self.kwargs!r}")
         bad = [k for k in self.kwargs if not isinstance(k, str)]
@@ -101,18 +88,14 @@ class ModelSpec:
             raise UnsupportedModelError(
                 f"model kwargs must have text keys, but got the key {bad[0]!r}"
             )
-        if self.name in BUILTIN_MODELS or self.name == CUSTOM:
-            return
-        if not self.name.startswith(SUPPORTED_FAMILIES):
+        family = family_for(self.name)
+        if family is None:
             raise UnsupportedModelError(
                 f"model {self.name!r} is not supported; supported: timm names starting with "
-                f"{', '.join(SUPPORTED_FAMILIES)}, '{CUSTOM}' or a built-in "
-                f"({', '.join(BUILTIN_MODELS)})"
+                f"{', '.join(SUPPORTED_FAMILIES)}, '{CUSTOM}', a built-in "
+                f"({', '.join(BUILTIN_MODELS)}) or hf:DIR (a Hugging Face ViT/DeiT folder)"
             )
-        if self.name not in timm.list_models():
-            raise UnsupportedModelError(
-                f"unknown timm model {self.name!r}; see timm.list_models('vit_*') for names"
-            )
+        family.check_name(self.name, self.kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "kwargs": dict(self.kwargs)}
@@ -210,36 +193,26 @@ def resolve_model_spec(model: str | None) -> ModelSpec:
     return ModelSpec(model)
 
 
-def build_model(
-    spec: ModelSpec | str, device: str | torch.device | None = None
-) -> VisionTransformer:
+def build_model(spec: ModelSpec | str, device: str | torch.device | None = None) -> nn.Module:
     """Builds the base model with random init (never downloads weights) and checks support."""
     spec = ModelSpec.from_obj(spec)
+    family = family_for(spec.name)
     try:
-        if spec.name in BUILTIN_MODELS:
-            model = VisionTransformer(**{**BUILTIN_MODELS[spec.name][0], **spec.kwargs})
-        elif spec.name == CUSTOM:
-            model = VisionTransformer(**spec.kwargs)
-        else:
-            model = timm.create_model(spec.name, pretrained=False, **spec.kwargs)
-    except Exception as e:  # bad kwargs fail deep inside timm with many types
+        model = family.build(spec.name, dict(spec.kwargs))
+    except UnsupportedModelError:
+        raise
+    except Exception as e:  # bad kwargs fail deep inside the model library with many types
         msg = " ".join(str(e).split()) or type(e).__name__
         raise UnsupportedModelError(
             f"cannot build {spec.name} with kwargs {spec.kwargs}: {msg[:200]}; "
             "fix the model's kwargs"
         ) from None
     check_supported(model)
-    if spec.name in BUILTIN_MODELS:  # how the built-ins were trained (prunetune.default.train)
-        chans = BUILTIN_MODELS[spec.name][0]["in_chans"]
-        model.pretrained_cfg = {
-            "mean": (0.5,) * chans,
-            "std": (0.5,) * chans,
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",
-        }
-    if spec.pretrained_cfg:
+    own = family.preprocessing(spec.name, spec.kwargs)
+    if own or spec.pretrained_cfg:
         model.pretrained_cfg = {
             **(getattr(model, "pretrained_cfg", None) or {}),
+            **own,
             **spec.pretrained_cfg,
         }
     if device is not None:
@@ -249,36 +222,48 @@ def build_model(
 
 def check_supported(model: nn.Module) -> None:
     """Raises :class:`UnsupportedModelError` unless prunetune can prune ``model``."""
-    if not isinstance(model, VisionTransformer):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} is not a timm VisionTransformer; supported families: "
-            f"{', '.join(f + '*' for f in SUPPORTED_FAMILIES)} and custom VisionTransformer"
-        )
-    if getattr(model, "attn_pool", None) is not None:
-        raise UnsupportedModelError("attention-pool heads (global_pool='map') are not supported")
-    if len(model.blocks) == 0:
+    family = family_of(model)
+    if len(family.blocks(model)) == 0:
         raise UnsupportedModelError(
             "the model has no transformer blocks (depth=0); nothing to prune"
         )
-    for i, blk in enumerate(model.blocks):
-        if not isinstance(blk, Block):
-            raise UnsupportedModelError(
-                f"block {i} is a {type(blk).__name__}; only timm's Block is supported"
-            )
-        if type(blk.attn) is not Attention:
-            raise UnsupportedModelError(
-                f"block {i} uses {type(blk.attn).__name__}; only timm's Attention is supported"
-            )
-        if not isinstance(blk.mlp, Mlp) or not isinstance(blk.mlp.fc1, nn.Linear):
-            raise UnsupportedModelError(
-                f"block {i} uses {type(blk.mlp).__name__}; only timm's Mlp (Linear) is supported"
-            )
+    family.check(model)
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) of the images ``model`` takes."""
+    stem = family_of(model).stem(model)
+    return (stem.in_chans, *stem.img_size)
 
 
 def _n(module: nn.Module | None) -> int:
     if module is None:
         return 0
     return sum(p.numel() for p in module.parameters())
+
+
+def _head_linear_outputs(block: nn.Module, parts: list[Part]) -> int:
+    """Copies of the head channels the block's linears write: 3 for q, k, v; 4 with a gate."""
+    return sum(
+        p.repeat
+        for p in parts
+        if p.axis == 0 and isinstance(block.get_submodule(p.path), nn.Linear)
+    )
+
+
+def _unit_params(block: nn.Module, parts: list[Part]) -> int:
+    """Parameters that go with the units of ``parts``: a Linear's weight (and, for its
+    outputs, its bias), a norm's weight and bias."""
+    total = 0
+    for part in parts:
+        mod = block.get_submodule(part.path)
+        if isinstance(mod, nn.Linear):
+            total += mod.weight.numel()
+            if part.axis == 0 and mod.bias is not None:
+                total += mod.bias.numel()
+        else:
+            total += _n(mod)
+    return total
 
 
 @dataclass(frozen=True)
@@ -311,47 +296,37 @@ class ViTArch:
         return self.num_patches + self.num_prefix_tokens
 
     @classmethod
-    def from_model(cls, model: VisionTransformer) -> ViTArch:
+    def from_model(cls, model: nn.Module) -> ViTArch:
         check_supported(model)
-        blk = model.blocks[0]
-        attn, mlp = blk.attn, blk.mlp
-        D = model.embed_dim
-        H, d = attn.num_heads, attn.head_dim
-        M = mlp.fc1.out_features
-        scales_with_heads = _n(attn.qkv) + attn.proj.weight.numel() + _n(attn.gate)
-        scales_with_heads += 0 if isinstance(attn.norm, nn.Identity) else _n(attn.norm)
-        scales_with_neurons = mlp.fc1.weight.numel() + mlp.fc2.weight.numel()
-        scales_with_neurons += 0 if mlp.fc1.bias is None else mlp.fc1.bias.numel()
-        scales_with_neurons += 0 if isinstance(mlp.norm, nn.Identity) else _n(mlp.norm)
+        family = family_of(model)
+        stem = family.stem(model)
+        blocks = family.blocks(model)
+        blk = blocks[0]
+        H, d = family.heads(blk)
+        M = family.mlp_width(blk)
+        scales_with_heads = _unit_params(blk, family.head_parts(blk))
+        scales_with_neurons = _unit_params(blk, family.mlp_parts(blk))
         block_total = _n(blk)
-        for b in model.blocks:
-            if (b.attn.num_heads, b.attn.head_dim, b.mlp.fc1.out_features) != (H, d, M) or _n(
-                b
-            ) != block_total:
+        for b in blocks:
+            if (*family.heads(b), family.mlp_width(b)) != (H, d, M) or _n(b) != block_total:
                 raise UnsupportedModelError("base model blocks must all have the same shape")
-        heads_out = [
-            m
-            for m in (getattr(model, "head", None), getattr(model, "head_dist", None))
-            if isinstance(m, nn.Linear)
-        ]
-        pe = model.patch_embed
         return cls(
-            depth=len(model.blocks),
-            embed_dim=D,
+            depth=len(blocks),
+            embed_dim=stem.embed_dim,
             num_heads=H,
             head_dim=d,
             mlp_hidden=M,
-            num_patches=pe.num_patches,
-            num_prefix_tokens=model.num_prefix_tokens,
-            in_chans=pe.proj.in_channels,
-            patch_area=pe.proj.kernel_size[0] * pe.proj.kernel_size[1],
-            num_classes=model.num_classes,
-            num_heads_out=len(heads_out),
-            gated_attn=attn.gate is not None,
+            num_patches=stem.num_patches,
+            num_prefix_tokens=stem.num_prefix_tokens,
+            in_chans=stem.in_chans,
+            patch_area=stem.patch_area,
+            num_classes=stem.num_classes,
+            num_heads_out=stem.num_heads_out,
+            gated_attn=_head_linear_outputs(blk, family.head_parts(blk)) > 3,
             params_per_head=scales_with_heads // H,
             params_per_neuron=scales_with_neurons // M,
             params_block_fixed=block_total - scales_with_heads - scales_with_neurons,
-            params_outside_blocks=_n(model) - block_total * len(model.blocks),
+            params_outside_blocks=_n(model) - block_total * len(blocks),
         )
 
     @classmethod

@@ -1,7 +1,7 @@
 """Plug-in registries: one style for every kind of plug-in.
 
-Saliency criteria, pruners, token modes, proxies, samplers, backends and budget metrics are
-each a :class:`Registry` of small classes, filled with a class decorator::
+Saliency criteria, pruners, token modes, proxies, samplers, backends, budget metrics and model
+families are each a :class:`Registry` of small classes, filled with a class decorator::
 
     from prunetune.registry import SALIENCIES
 
@@ -25,6 +25,7 @@ from .errors import ConfigError
 __all__ = [
     "BACKENDS",
     "BUDGET_METRICS",
+    "FAMILIES",
     "PROXIES",
     "PRUNERS",
     "Registry",
@@ -119,3 +120,5 @@ SAMPLERS: Registry[type] = Registry("sampler")
 BACKENDS: Registry[type] = Registry("backend")
 #: ``name -> instance`` with the budget metric's parsing and cost (see ``search.Budget``)
 BUDGET_METRICS: Registry[Any] = Registry("budget metric", instantiate=True)
+#: ``name -> instance`` of a :class:`prunetune.families.ModelFamily` subclass
+FAMILIES: Registry[Any] = Registry("model family", instantiate=True)

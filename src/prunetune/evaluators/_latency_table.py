@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..config import BlockConfig, PruningConfig
+from ..families import family_of
 from ..models import ViTArch
 from ._latency import measure_latency
 
@@ -152,18 +153,19 @@ class LatencyTable:
                     rng.randint(1, arch.mlp_hidden),
                 )
             )
-        dense_block = model.blocks[0]
+        family = family_of(model)
+        dense_block = family.blocks(model)[0]
         with torch.no_grad():
             for n, h, m in sorted(shapes):
                 one = copy.deepcopy(model)
-                one.blocks = nn.Sequential(copy.deepcopy(dense_block))
+                family.set_blocks(one, [copy.deepcopy(dense_block)])
                 cfg = PruningConfig(spec, (BlockConfig(heads=h, mlp=m),), criterion="magnitude_l1")
-                blk = _shrink(one, cfg).blocks[0]
+                blk = family.blocks(_shrink(one, cfg))[0]
                 x = torch.randn(batch_size, n, arch.embed_dim, device=dev)
                 ms = _time(blk, x)
                 rows.append({"tokens": n, "heads": h, "mlp": m, "ms": ms})
             empty = copy.deepcopy(model)
-            empty.blocks = nn.Sequential()
+            family.set_blocks(empty, [])
             outside = measure_latency(empty, input_shape, batch_size, warmup=2, repeats=7).median_ms
         coef = _lstsq(
             [_features(arch, r["tokens"], r["heads"], r["mlp"]) for r in rows],

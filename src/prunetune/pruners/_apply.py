@@ -39,7 +39,7 @@ def prune(
     """Returns ``model`` pruned by ``config``: an ordinary nn.Module.
 
     Args:
-        model: A dense timm VisionTransformer (left untouched unless ``inplace``).
+        model: A dense model of a supported family (left untouched unless ``inplace``).
         config: The configuration (threshold configs are resolved with the scores).
         batches: Calibration batches of (x, y) for data-driven criteria.
         scores: Precomputed saliency scores (computed from ``config.criterion`` if None).

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
-
+from ..families import family_of
 from ._registry import register_pruner
 
 
@@ -15,5 +14,6 @@ class DepthPruner:
         return not all(b.keep for b in config.blocks)
 
     def apply(self, model, config, scores) -> None:
-        kept = [blk for blk, bc in zip(model.blocks, config.blocks) if bc.keep]
-        model.blocks = nn.Sequential(*kept)
+        family = family_of(model)
+        kept = [blk for blk, bc in zip(family.blocks(model), config.blocks) if bc.keep]
+        family.set_blocks(model, kept)

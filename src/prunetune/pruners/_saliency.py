@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..families import family_of
 from ..registry import SALIENCIES
+from ._units import unit_scores
 
 __all__ = [
     "Saliency",
@@ -103,10 +105,11 @@ def compute_scores(
 
 def _block_params(model: nn.Module) -> dict[str, nn.Parameter]:
     """The prunable block parameters (token-keep predictors are not scored)."""
+    prefix = family_of(model).blocks_path(model) + "."
     return {
         n: p
         for n, p in model.named_parameters()
-        if n.startswith("blocks.") and ".keep_predictor." not in n
+        if n.startswith(prefix) and ".keep_predictor." not in n
     }
 
 
@@ -116,48 +119,22 @@ def group_scores(
     criterion: str,
     finalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SaliencyScores:
-    """Sums element scores per head, MLP neuron and block (then applies ``finalize``)."""
+    """Sums element scores per head, MLP neuron and block (then applies ``finalize``).
+
+    The model's family names the parameters that belong to each head and MLP neuron.
+    """
     fin = finalize or (lambda t: t)
     dev = next(iter(elements.values())).device if elements else torch.device("cpu")
+    family = family_of(model)
+    path = family.blocks_path(model)
     heads, mlp, blocks = [], [], []
-    for i, blk in enumerate(model.blocks):
-        attn, m = blk.attn, blk.mlp
-        H, d = attn.num_heads, attn.head_dim
-
-        def e(mod_path: str, pname: str, i: int = i):
-            return elements.get(f"blocks.{i}.{mod_path}.{pname}")
-
-        h = torch.zeros(H, dtype=torch.float64, device=dev)
-        for pname in ("weight", "bias"):
-            t = e("attn.qkv", pname)
-            if t is not None:  # rows: [q heads | k heads | v heads]
-                h += t.double().reshape(3, H, d, -1).sum(dim=(0, 2, 3))
-            t = e("attn.gate", pname)
-            if t is not None:
-                h += t.double().reshape(H, d, -1).sum(dim=(1, 2))
-            t = e("attn.norm", pname)
-            if t is not None:
-                h += t.double().reshape(H, d).sum(1)
-        t = e("attn.proj", "weight")
-        if t is not None:
-            h += t.double().reshape(-1, H, d).sum(dim=(0, 2))
-        M = m.fc1.out_features
-        n = torch.zeros(M, dtype=torch.float64, device=dev)
-        t = e("mlp.fc1", "weight")
-        if t is not None:
-            n += t.double().sum(1)
-        for pname in ("bias",):
-            t = e("mlp.fc1", pname)
-            if t is not None:
-                n += t.double()
-        for pname in ("weight", "bias"):
-            t = e("mlp.norm", pname)
-            if t is not None:
-                n += t.double()
-        t = e("mlp.fc2", "weight")
-        if t is not None:
-            n += t.double().sum(0)
-        b = sum(v.double().sum() for k, v in elements.items() if k.startswith(f"blocks.{i}."))
+    for i, blk in enumerate(family.blocks(model)):
+        prefix = f"{path}.{i}."
+        H, d = family.heads(blk)
+        h = unit_scores(elements, family.head_parts(blk), prefix, H, d, dev)
+        M = family.mlp_width(blk)
+        n = unit_scores(elements, family.mlp_parts(blk), prefix, M, 1, dev)
+        b = sum(v.double().sum() for k, v in elements.items() if k.startswith(prefix))
         heads.append(fin(h).float())
         mlp.append(fin(n).float())
         blocks.append(fin(torch.as_tensor(b, dtype=torch.float64, device=dev)).float())
@@ -169,17 +146,13 @@ def group_scores(
 
 @contextmanager
 def _eval_unfused(model: nn.Module):
-    """Eval mode and timm's explicit attention path (needed for double backward and vmap)."""
+    """Eval mode and the explicit attention path (needed for double backward and vmap)."""
     was_training = model.training
-    fused = [(a, a.fused_attn) for a in model.modules() if hasattr(a, "fused_attn")]
     model.eval()
-    for a, _ in fused:
-        a.fused_attn = False
     try:
-        yield model
+        with family_of(model).explicit_attention(model):
+            yield model
     finally:
-        for a, f in fused:
-            a.fused_attn = f
         model.train(was_training)
 
 
@@ -373,7 +346,10 @@ class ActivationMagnitude:
         dev = _device(model)
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        block_rel = torch.zeros(len(model.blocks), dtype=torch.float64)
+        family = family_of(model)
+        path = family.blocks_path(model)
+        blocks = family.blocks(model)
+        block_rel = torch.zeros(len(blocks), dtype=torch.float64)
         hooks = []
 
         def lin_hook(name):
@@ -403,10 +379,10 @@ class ActivationMagnitude:
             return hook
 
         for n, mod in model.named_modules():
-            if n.startswith("blocks.") and isinstance(mod, nn.Linear):
+            if n.startswith(path + ".") and isinstance(mod, nn.Linear):
                 hooks.append(mod.register_forward_hook(lin_hook(n)))
-        for i, blk in enumerate(model.blocks):
-            hooks.append(blk.norm1.register_forward_pre_hook(norm1_hook(i)))
+        for i, blk in enumerate(blocks):
+            hooks.append(family.input_norm(blk).register_forward_pre_hook(norm1_hook(i)))
             hooks.append(blk.register_forward_hook(blk_hook(i)))
         was = model.training
         model.eval()
@@ -419,11 +395,12 @@ class ActivationMagnitude:
                 h.remove()
             model.train(was)
         heads, mlp, el = [], [], {}
-        for i, blk in enumerate(model.blocks):
-            H, d = blk.attn.num_heads, blk.attn.head_dim
-            a = sums[f"blocks.{i}.attn.proj.abs"] / counts[f"blocks.{i}.attn.proj"]
-            heads.append(a.reshape(H, d).mean(1).float())
-            mlp.append((sums[f"blocks.{i}.mlp.fc2.abs"] / counts[f"blocks.{i}.mlp.fc2"]).float())
+        for i, blk in enumerate(blocks):
+            H, d = family.heads(blk)
+            a_out = f"{path}.{i}.{family.attn_out_path(blk)}"
+            m_out = f"{path}.{i}.{family.mlp_out_path(blk)}"
+            heads.append((sums[f"{a_out}.abs"] / counts[a_out]).reshape(H, d).mean(1).float())
+            mlp.append((sums[f"{m_out}.abs"] / counts[m_out]).float())
             block_rel[i] /= counts[f"block{i}"]
         for n, p in _block_params(model).items():
             mod = n.rsplit(".", 1)[0]
@@ -448,8 +425,8 @@ class RandomSaliency:
             n: torch.rand(p.shape, generator=gen).to(p.device)
             for n, p in _block_params(model).items()
         }
-        heads = [torch.rand(b.attn.num_heads, generator=gen) for b in model.blocks]
-        mlp = [torch.rand(b.mlp.fc1.out_features, generator=gen) for b in model.blocks]
-        return SaliencyScores(
-            self.name, heads, mlp, torch.rand(len(model.blocks), generator=gen), el
-        )
+        family = family_of(model)
+        blocks = family.blocks(model)
+        heads = [torch.rand(family.heads(b)[0], generator=gen) for b in blocks]
+        mlp = [torch.rand(family.mlp_width(b), generator=gen) for b in blocks]
+        return SaliencyScores(self.name, heads, mlp, torch.rand(len(blocks), generator=gen), el)

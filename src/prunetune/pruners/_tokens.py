@@ -10,13 +10,14 @@ holds nothing mode-specific:
 
 - :func:`token_schedule`: tokens per block and the reduction's extra MACs, from the mode's
   ``tokens_out``/``extra_macs`` (the analytic cost in ``evaluators._cost`` builds on it);
-- :class:`TokenBlock`: each block from the first reducing one on has its class swapped to this
-  subclass of timm's ``Block``, whose ``forward`` lets the mode reduce ``x`` and then calls
-  ``super().forward`` (with the mode's additive ``attn_mask``, if any). No timm forward is
-  copied, so LayerScale, QK-norm and future Block changes keep working;
+- :func:`prepare_tokens`: each block from the first reducing one on has its class swapped to
+  the model family's token class (:meth:`~prunetune.families.ModelFamily.token_class`, a
+  subclass of the block's own class), whose ``forward`` lets the mode reduce ``x`` here and
+  then runs the block's own forward with the mode's additive attention mask, if any. No
+  library forward is copied, so LayerScale, QK-norm and future block changes keep working;
 - :class:`TokenContext`: per-forward state shared by a model's token blocks; the q and k a
-  mode reads come from forward hooks on the previous kept block's ``attn.q_norm``/``k_norm``
-  (timm calls them on q and k even when they are Identity);
+  mode reads come from the family's hooks on the previous kept block (timm: ``attn.q_norm``/
+  ``k_norm``; Hugging Face: ``attention.q_proj``/``k_proj``);
 - :class:`TokenPruner`: the one token pruner, registered as ``tokens_<mode>`` for every mode
   (registering a mode registers its pruner), which swaps the blocks and lets the mode
   ``install`` what it needs.
@@ -28,16 +29,15 @@ accessed). The modes import this module, never the reverse: ``prunetune.pruners`
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from ..families import ModelFamily, family_of
 from ..registry import PRUNERS
 from ..registry import TOKEN_MODES as _MODE_REGISTRY
 
@@ -51,10 +51,9 @@ if TYPE_CHECKING:
 __all__ = [
     "TOKEN_MODES",
     "ReductionStep",
-    "TokenBlock",
     "TokenContext",
     "TokenPruner",
-    "check_timm_support",
+    "check_token_support",
     "gather_tokens",
     "kept_tokens",
     "register_token_pruner",
@@ -121,65 +120,15 @@ def token_schedule(config, arch: ViTArch, heads: list[int]) -> tuple[list[int], 
     return tokens, extra
 
 
-# --- timm support ----------------------------------------------------------------------------
+# --- model support ---------------------------------------------------------------------------
 
 
-def check_timm_support() -> None:
-    """Raises UnsupportedModelError unless this timm does what the token surgery relies on.
-
-    Checked by behaviour on a tiny ``Block`` (built once per process): an ``Attention`` whose
-    ``num_heads``/``attn_dim`` were cut (as head pruning does) still runs; ``attn.q_norm`` and
-    ``attn.k_norm`` see q and k; ``Block.forward(x, attn_mask=...)`` takes an additive mask
-    and honours it on both attention paths.
-    """
-    problem = _timm_problem()
+def check_token_support(family: ModelFamily) -> None:
+    """Raises UnsupportedModelError when the installed model library lacks what the token
+    surgery relies on (see :meth:`ModelFamily.token_support_problem`)."""
+    problem = family.token_support_problem()
     if problem is not None:
-        import timm
-
-        raise UnsupportedModelError(
-            f"timm {timm.__version__} does not support the token surgery: {problem}; "
-            "install the tested range: pip install 'timm>=1.0.15,<1.1'"
-        )
-
-
-@functools.cache
-def _timm_problem() -> str | None:
-    """What the token surgery needs and this timm lacks, or None (the global RNG is untouched)."""
-    dim, heads, head_dim, n = 8, 2, 4, 3
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
-        blk = Block(dim, heads).eval()
-        x = torch.randn(1, n, dim)
-        attn = blk.attn
-        attn.qkv, attn.proj = nn.Linear(dim, 3 * head_dim), nn.Linear(head_dim, dim)
-        attn.num_heads, attn.attn_dim = 1, head_dim
-        seen = {}
-        hooks = [
-            getattr(attn, f"{w}_norm").register_forward_hook(
-                lambda mod, args, out, w=w: seen.__setitem__(w, tuple(out.shape))
-            )
-            for w in "qk"
-        ]
-        try:
-            plain = blk(x)
-        except RuntimeError as e:
-            return f"Attention does not honour a cut attn_dim ({type(e).__name__})"
-        finally:
-            for h in hooks:
-                h.remove()
-        if seen != {"q": (1, 1, n, head_dim), "k": (1, 1, n, head_dim)}:
-            return f"attn.q_norm/k_norm are not called on q and k (saw {seen})"
-        mask = torch.zeros(1, 1, n, n)
-        mask[..., 1:] = float("-inf")  # every token attends to token 0 only
-        for fused in (True, False):
-            attn.fused_attn = fused
-            try:
-                masked, zero = blk(x, attn_mask=mask), blk(x, attn_mask=torch.zeros_like(mask))
-            except TypeError:
-                return "Block.forward takes no attn_mask"
-            if not torch.allclose(zero, plain, atol=1e-6) or torch.allclose(masked, plain):
-                return f"Block.forward ignores attn_mask (fused_attn={fused})"
-    return None
+        raise UnsupportedModelError(problem)
 
 
 # --- runtime ---------------------------------------------------------------------------------
@@ -190,11 +139,22 @@ class TokenContext:
 
     ``q``/``k`` (B, h, N, d) and ``scale`` come from the previous kept block when the mode
     captures them (see :meth:`capture`); a mode keeps its own per-forward state as attributes
-    it sets in ``TokenMode.reset``.
+    it sets in ``TokenMode.reset``. ``num_patches``, ``embed_dim`` and ``has_class_token``
+    describe the model, so modes need not look into it.
     """
 
-    def __init__(self, mode: TokenMode, prefix: int):
-        self.mode, self.prefix = mode, prefix
+    def __init__(
+        self,
+        mode: TokenMode,
+        prefix: int,
+        family: ModelFamily | None = None,
+        num_patches: int = 0,
+        embed_dim: int = 0,
+        has_class_token: bool = True,
+    ):
+        self.mode, self.prefix, self.family = mode, prefix, family
+        self.num_patches, self.embed_dim = num_patches, embed_dim
+        self.has_class_token = has_class_token
         self.reset()
 
     def reset(self) -> None:
@@ -206,8 +166,7 @@ class TokenContext:
     def capture(self, block: nn.Module, which: tuple[str, ...]) -> None:
         """Stores ``block``'s q and/or k (``which`` ⊆ {"q", "k"}) here on every forward."""
         for w in which:
-            norm = getattr(block.attn, f"{w}_norm")
-            norm.register_forward_hook(_Capture(self, w, block.attn.scale))
+            self.family.capture(block, w, _Store(self, w))
 
 
 class _Reset:
@@ -218,40 +177,31 @@ class _Reset:
         self.ctx.reset()
 
 
-class _Capture:
-    """Forward hook on ``attn.q_norm``/``attn.k_norm``: stores q or k (B, h, N, d)."""
+class _Store:
+    """Receives q or k (B, h, N, d) and the attention scale from the family's hook."""
 
-    def __init__(self, ctx: TokenContext, which: str, scale: float):
-        self.ctx, self.which, self.scale = ctx, which, scale
+    def __init__(self, ctx: TokenContext, which: str):
+        self.ctx, self.which = ctx, which
 
-    def __call__(self, module, args, out):
-        setattr(self.ctx, self.which, out)
-        self.ctx.scale = self.scale
+    def __call__(self, t: torch.Tensor, scale: float) -> None:
+        setattr(self.ctx, self.which, t)
+        self.ctx.scale = scale
 
 
-class TokenBlock(Block):
-    """timm Block that lets the token mode reduce its input first, then runs timm's forward.
+def prepare_tokens(block: nn.Module, x: torch.Tensor) -> tuple:
+    """What a token block does before its own forward: the mode reduces ``x`` (on reducing
+    blocks) and gives the additive attention mask, if any, for the tokens that remain.
 
-    Set by :class:`TokenPruner`: ``token_ctx`` (shared state), ``token_keep`` (rate at this
-    block) and, on reducing blocks, ``token_kept`` (patch tokens kept at the model's input
-    size: the count the analytic cost uses).
+    The family's token class (:meth:`ModelFamily.token_class`) calls this first and then the
+    block's own forward, so no library forward is copied: LayerScale, QK-norm and future block
+    changes keep working. Blocks swapped to it carry ``token_ctx`` (shared state),
+    ``token_keep`` (rate at this block) and, on reducing blocks, ``token_kept`` (patch tokens
+    kept at the model's input size: the count the analytic cost uses).
     """
-
-    token_ctx: TokenContext
-    token_keep: float
-    token_kept: int
-
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
-        ctx = self.token_ctx
-        if self.token_keep < 1.0:
-            x = ctx.mode.reduce(self, ctx, x)
-        if attn_mask is None:
-            attn_mask = ctx.mode.attn_bias(ctx, x)
-        if is_causal:  # passed only when set: check_timm_support checks the attn_mask call
-            return super().forward(x, attn_mask=attn_mask, is_causal=True)
-        return super().forward(x, attn_mask=attn_mask)
+    ctx = block.token_ctx
+    if block.token_keep < 1.0:
+        x = ctx.mode.reduce(block, ctx, x)
+    return x, ctx.mode.attn_bias(ctx, x)
 
 
 def token_aux_loss(model: nn.Module) -> torch.Tensor | None:
@@ -276,25 +226,35 @@ class TokenPruner:
         )
 
     def apply(self, model, config, scores) -> None:
-        check_timm_support()
+        family = family_of(model)
+        check_token_support(family)
         mode = _MODE_REGISTRY.get(self.mode)
-        ctx = TokenContext(mode, model.num_prefix_tokens)
+        stem = family.stem(model)
+        ctx = TokenContext(
+            mode,
+            stem.num_prefix_tokens,
+            family,
+            stem.num_patches,
+            stem.embed_dim,
+            stem.has_class_token,
+        )
+        blocks = family.blocks(model)
         kept = [i for i, b in enumerate(config.blocks) if b.keep]
         first = next(i for i in kept if config.blocks[i].token_keep < 1.0)
-        p = model.patch_embed.num_patches
+        p = stem.num_patches
         prev = None
         for i in kept:
-            blk, rate = model.blocks[i], config.blocks[i].token_keep
+            blk, rate = blocks[i], config.blocks[i].token_keep
             if i >= first:
                 blk.token_ctx, blk.token_keep = ctx, rate
                 if rate < 1.0:
                     blk.token_kept = kept_tokens(p, rate)
                     mode.install(model, blk, prev, ctx)  # may refuse the model: before any swap
                     p = mode.tokens_out(p, blk.token_kept)
-                blk.__class__ = TokenBlock
+                blk.__class__ = family.token_class(type(blk), prepare_tokens)
             prev = blk
         model._token_ctx = ctx
-        model.patch_embed.register_forward_pre_hook(_Reset(ctx))
+        family.embedding(model).register_forward_pre_hook(_Reset(ctx))
 
 
 def register_token_pruner(mode: str) -> None:

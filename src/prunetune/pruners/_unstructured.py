@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from ..families import family_of
 from ._registry import register_pruner
 from ._surgery import check_finite
 
@@ -37,7 +38,9 @@ class UnstructuredPruner:
 
     @torch.no_grad()
     def apply(self, model, config, scores) -> None:
-        for i, (blk, bc) in enumerate(zip(model.blocks, config.blocks)):
+        family = family_of(model)
+        path = family.blocks_path(model)
+        for i, (blk, bc) in enumerate(zip(family.blocks(model), config.blocks)):
             if bc.sparsity <= 0:
                 continue
             for name, lin in sparse_linears(blk):
@@ -45,7 +48,7 @@ class UnstructuredPruner:
                 k = num_zeroed(w.numel(), bc.sparsity)
                 mask = torch.ones_like(w)
                 if scores is not None and k > 0:
-                    key = f"blocks.{i}.{name}.weight"
+                    key = f"{path}.{i}.{name}.weight"
                     el = (scores.elements or {}).get(key)
                     if el is not None and el.shape != w.shape:
                         raise ValueError(

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..config import BlockConfig, PruningConfig
 from ..evaluators import estimate_cost, measure_macs
-from ..models import ModelSpec, ViTArch, build_model
+from ..models import ModelSpec, ViTArch, build_model, input_shape
 from ..pruners import prune, rebuild_structure
 from ..registry import PRUNERS, TOKEN_MODES
 from .saliency import TINY_SPEC, tiny_model
@@ -103,7 +103,7 @@ def check_pruner(name: str, spec: ModelSpec = TINY_SPEC) -> None:
 
     dense = tiny_model(spec).eval()
     arch = ViTArch.from_model(dense)
-    shape = (arch.in_chans, *dense.patch_embed.img_size)
+    shape = input_shape(dense)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2))
     before = {k: v.detach().clone() for k, v in dense.state_dict().items()}
     try:

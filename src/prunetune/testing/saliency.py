@@ -14,7 +14,7 @@ built as ``get_saliency(name)`` builds it (no arguments), must
   block of shape ``[num_heads]`` (heads) and ``[mlp_hidden]`` (mlp), a finite ``[depth]`` tensor
   of block scores, and element scores (if any) shaped like the block parameters they score;
 - leave the model as it found it: weights, train/eval mode of every module, timm's
-  ``fused_attn`` switches, ``requires_grad`` flags, and no ``.grad`` left behind;
+  attention path (fused or explicit), ``requires_grad`` flags, and no ``.grad`` left behind;
 - be deterministic: two calls give the same scores. A criterion taking a ``seed`` is built with
   the same seed both times; one that cannot be reproducible sets ``deterministic = False`` on
   its class to opt out;
@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..config import BlockConfig, PruningConfig
-from ..models import ModelSpec, ViTArch, build_model
+from ..families import family_of
+from ..models import ModelSpec, ViTArch, build_model, input_shape
 from ..pruners import SaliencyScores, prune
 from ..registry import SALIENCIES
 
@@ -83,11 +84,10 @@ def calibration_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Random ``(images, labels)`` batches that fit ``model``."""
     arch = ViTArch.from_model(model)
-    side = model.patch_embed.img_size
     gen = torch.Generator().manual_seed(seed)
     return [
         (
-            torch.randn(batch_size, arch.in_chans, *side, generator=gen),
+            torch.randn(batch_size, *input_shape(model), generator=gen),
             torch.randint(0, arch.num_classes, (batch_size,), generator=gen),
         )
         for _ in range(n_batches)
@@ -201,7 +201,7 @@ def _snapshot(model: nn.Module) -> dict[str, Any]:
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "modes": {n: m.training for n, m in model.named_modules()},
-        "fused": {n: m.fused_attn for n, m in model.named_modules() if hasattr(m, "fused_attn")},
+        "attention": family_of(model).attention_state(model),
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "grads": {n for n, p in model.named_parameters() if p.grad is not None},
     }
@@ -220,9 +220,13 @@ def _check_untouched(name: str, model: nn.Module, before: dict[str, Any]) -> Non
     _require(
         not changed, name, "scores() leaves the model's weights unchanged", f"changed {changed[:5]}"
     )
+    _require(
+        before["attention"] == after["attention"],
+        name,
+        "scores() leaves the attention path (fused or explicit) as it was",
+    )
     for key, what in (
         ("modes", "the train/eval mode of every module"),
-        ("fused", "timm's fused_attn switches"),
         ("requires_grad", "requires_grad of every parameter"),
     ):
         diff = [n or "<model>" for n in before[key] if before[key][n] != after[key].get(n)]
@@ -288,7 +292,8 @@ def _check_shapes(name: str, model: nn.Module, arch: ViTArch, s: Any) -> None:
         "`elements` is None or a dict",
         f"got {type(s.elements).__name__}",
     )
-    unknown = [k for k in s.elements if not (k.startswith("blocks.") and k in params)]
+    prefix = family_of(model).blocks_path(model) + "."
+    unknown = [k for k in s.elements if not (k.startswith(prefix) and k in params)]
     _require(
         not unknown, name, "`elements` keys are names of block parameters", f"got {unknown[:5]}"
     )

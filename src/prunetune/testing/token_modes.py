@@ -41,7 +41,8 @@ from torch import nn
 from ..config import BlockConfig, PruningConfig
 from ..errors import ConfigError
 from ..evaluators import count_params, estimate_cost, measure_macs
-from ..models import ModelSpec, ViTArch, build_model
+from ..families import family_of
+from ..models import ModelSpec, ViTArch, build_model, input_shape
 from ..pruners import TokenMode, prune, rebuild_structure
 from ..pruners._tokens import token_aux_loss
 from ..registry import PRUNERS, TOKEN_MODES
@@ -132,7 +133,7 @@ def check_token_mode(name: str, spec: ModelSpec = TINY_SPEC, seed: int = 0) -> N
 
     dense = tiny_model(spec, seed).eval()
     arch = ViTArch.from_model(dense)
-    shape = (arch.in_chans, *dense.patch_embed.img_size)
+    shape = input_shape(dense)
     x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed + 2))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -197,8 +198,17 @@ def _check_cost(
     )
     tokens = [b.tokens for b in cost.blocks if b.kept][-1]
     pruned.eval()
-    with torch.no_grad():
-        got = pruned.forward_features(x).shape[1]
+    family = family_of(pruned)
+    seen = []
+    hook = family.blocks(pruned)[-1].register_forward_hook(
+        lambda mod, args, out: seen.append(out.shape[1])
+    )
+    try:
+        with torch.no_grad():
+            pruned(x)
+    finally:
+        hook.remove()
+    got = seen[-1]
     _require(
         got == tokens,
         name,
@@ -209,9 +219,9 @@ def _check_cost(
 
 def _check_forward(name: str, pruned: nn.Module, x: torch.Tensor, arch: ViTArch) -> None:
     first = _run(name, "the pruned model runs forward (eval)", _outputs, pruned, x)
+    family = family_of(pruned)
     for fused in (True, False):
-        for blk in pruned.blocks:
-            blk.attn.fused_attn = fused
+        family.set_explicit_attention(pruned, not fused)
         for train in (True, False):
             pruned.train(train)
             with torch.no_grad():
@@ -230,8 +240,7 @@ def _check_forward(name: str, pruned: nn.Module, x: torch.Tensor, arch: ViTArch)
                 f"fused_attn={fused})",
                 f"got shape {tuple(out.shape)}",
             )
-    for blk in pruned.blocks:
-        blk.attn.fused_attn = True
+    family.set_explicit_attention(pruned, False)
     again = _outputs(pruned, x)
     _require(
         torch.allclose(again, first, atol=1e-5),
@@ -243,8 +252,7 @@ def _check_forward(name: str, pruned: nn.Module, x: torch.Tensor, arch: ViTArch)
 
 def _check_backward(name: str, model: nn.Module, x: torch.Tensor) -> None:
     for fused in (True, False):
-        for blk in model.blocks:
-            blk.attn.fused_attn = fused
+        family_of(model).set_explicit_attention(model, not fused)
         model.train()
         model.zero_grad()
         y = _run(name, f"the pruned model runs forward (train, fused_attn={fused})", model, x)

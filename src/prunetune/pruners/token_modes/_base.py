@@ -33,9 +33,10 @@ class TokenMode(ABC):
                 ...
 
     Registering it also registers the generic token pruner for it as ``tokens_<name>``; the
-    pruner swaps each block from the first reducing one on to
-    :class:`~prunetune.pruners._tokens.TokenBlock`, calls :meth:`install` for every reducing
-    block, and the blocks call :meth:`reduce` and :meth:`attn_bias` on every forward. To
+    pruner swaps each block from the first reducing one on to the model family's token class
+    (see :func:`~prunetune.pruners._tokens.prepare_tokens`), calls :meth:`install` for every
+    reducing block, and the blocks call :meth:`reduce` and :meth:`attn_bias` on every
+    forward. To
     remove a mode (a test's temporary one), unregister ``name`` from ``TOKEN_MODES`` and
     ``tokens_<name>`` from ``prunetune.registry.PRUNERS``.
     :func:`prunetune.testing.token_modes.check_token_mode` is the contract every mode passes.
@@ -107,7 +108,7 @@ class TokenMode(ABC):
         Raises:
             ConfigError: The model lacks what the mode needs.
         """
-        if self.needs_class_token and getattr(model, "cls_token", None) is None:
+        if self.needs_class_token and not ctx.has_class_token:
             others = [n for n, m in TOKEN_MODES.items() if not m.needs_class_token]
             raise ConfigError(
                 f"token_mode={self.name!r} needs a class token, but this model has no class "

@@ -82,9 +82,9 @@ class LearnedMode(TokenMode):
 
     def install(self, model, block, prev_block, ctx: TokenContext) -> None:
         super().install(model, block, prev_block, ctx)
-        block.token_target = block.token_kept / model.patch_embed.num_patches
-        dev = block.norm1.weight.device if block.norm1.weight is not None else None
-        block.keep_predictor = KeepPredictor(block.norm1.normalized_shape[0]).to(device=dev)
+        block.token_target = block.token_kept / ctx.num_patches
+        dev = next(block.parameters()).device
+        block.keep_predictor = KeepPredictor(ctx.embed_dim).to(device=dev)
 
     def reset(self, ctx: TokenContext) -> None:
         ctx.policy = None
