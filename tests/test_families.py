@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,23 @@ def test_a_folder_loads_with_transformers_own_logits(hf_user):
     assert ViTArch.from_model(base.model).num_prefix_tokens == 1
 
 
+def test_without_an_image_processor_the_normalisation_is_asked_for(hf_user, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "no_processor"
+    shutil.copytree(hf_user["root"] / "hf_vit", folder)
+    (folder / "preprocessor_config.json").unlink()
+    argv = ["saliency", "--criterion", "magnitude_l1", "--model", f"hf:{folder}"]
+    argv += ["--data", str(hf_user["root"] / "data"), "--calib-samples", "16"]
+    code, _, err = run(argv, capsys)
+    assert_usage_error(code, err, "no known normalisation", "--mean", "preprocessor_config.json")
+    code, out, err = run([*argv, "--mean", "0.5", "--std", "0.5", "--crop-pct", "1"], capsys)
+    assert code == 0, err
+    assert _printed_accuracy(out) == pytest.approx(
+        100 * hf_user["val_correct"] / hf_user["val_n"], abs=0.005
+    )
+
+
 def test_search_and_export_a_hugging_face_vit_from_anywhere(hf_user, tmp_path, capsys, monkeypatch):
     r = hf_user["root"]
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
@@ -236,6 +254,7 @@ def test_search_and_export_a_hugging_face_vit_from_anywhere(hf_user, tmp_path, c
     )
     assert code == 0, err
     assert "final test %" in out
+    assert "preprocessor_config.json" in out  # where the preprocessing came from
     assert _printed_accuracy(out) == pytest.approx(
         100 * hf_user["val_correct"] / hf_user["val_n"], abs=0.005
     )
@@ -259,6 +278,17 @@ def test_search_and_export_a_hugging_face_vit_from_anywhere(hf_user, tmp_path, c
     save_pruned(exported, tmp_path / "again")
     with torch.no_grad():
         torch.testing.assert_close(load_pruned(tmp_path / "again").eval()(xt), logits)
+    # the reproduce command names the model folder absolute and works from yet another folder
+    assert f"--model hf:{r / 'hf_vit'} " in info["reproduce"], info["reproduce"]
+    argv = shlex.split(
+        info["reproduce"].replace("--out DIR", f"--out {shlex.quote(str(elsewhere / 'repro'))}")
+    )
+    code, _, err = run(argv[1:] + ["--no-latency"], capsys)
+    assert code == 0, err
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_pruned(elsewhere / "repro").eval()(xt), logits, atol=1e-4, rtol=0
+        )
 
 
 def test_bad_hf_folders_are_one_line_errors(tmp_path, capsys):

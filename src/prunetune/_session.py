@@ -22,6 +22,7 @@ from .data import (
 )
 from .errors import CheckpointError, PrunetuneError
 from .families import family_for
+from .families.hf_vit import PREFIX as HF_PREFIX
 from .models import BUILTIN_MODELS, ModelSpec, ViTArch, build_model, input_shape, load_weights
 
 __all__ = ["resolve_device", "Loaded", "load_base", "Preprocessing", "resolve_preprocessing"]
@@ -123,6 +124,12 @@ def resolve_preprocessing(
     known = "mean" in cfg and "std" in cfg
     if (mean is None) != (std is None):
         raise PrunetuneError("--mean and --std go together; pass both")
+    if mean is None and not known and spec.name.startswith(HF_PREFIX):
+        raise PrunetuneError(
+            f"model {spec.name} has no known normalisation: pass --mean and --std, or save "
+            f"its image processor (preprocessor_config.json with image_mean and image_std) "
+            f"into the folder"
+        )
     if mean is None and not known:
         raise PrunetuneError(
             f"model {spec.name} has no known normalisation: pass --mean and --std (e.g. --mean "
@@ -156,11 +163,14 @@ def resolve_preprocessing(
                 f"give {in_chans} values (or one for all)"
             )
         data_config[key] = v
-    source = (
-        "flags"
-        if mean is not None
-        else ("model file" if spec.pretrained_cfg.get("mean") else f"{spec.name}'s pretrained_cfg")
-    )
+    if mean is not None:
+        source = "flags"
+    elif spec.pretrained_cfg.get("mean"):
+        source = "model file"
+    elif spec.name.startswith(HF_PREFIX):
+        source = "the folder's preprocessor_config.json"
+    else:
+        source = f"{spec.name}'s pretrained_cfg"
     return Preprocessing(data_config, in_chans, source)
 
 

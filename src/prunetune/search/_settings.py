@@ -16,6 +16,7 @@ from typing import Any
 from .._io import read_mapping
 from ..errors import ConfigError, PrunetuneError
 from ..evaluators import tier_label
+from ..families.hf_vit import PREFIX as HF_PREFIX
 from ..models import INTERPOLATIONS
 from ..registry import BACKENDS, PROXIES, SAMPLERS
 from ._budget import parse_budget
@@ -386,6 +387,8 @@ class SearchSettings:
         """
 
         def absolute(v: str | None) -> str | None:
+            if v is not None and str(v).startswith(HF_PREFIX):  # hf:DIR, a model folder
+                return HF_PREFIX + str(absolute(str(v)[len(HF_PREFIX) :]))
             if v is None or not str(v).strip() or not Path(v).expanduser().exists():
                 return v
             return str(Path(v).expanduser().resolve())
