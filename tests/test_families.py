@@ -136,6 +136,19 @@ def test_the_seam_check_passes_configs_and_preprocessing():
     assert model_access(ok) == []
 
 
+def test_transformers_is_imported_only_for_an_hf_model():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prunetune, prunetune.search\n"
+        "prunetune.build_model('digits_vit')\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 # --- a Hugging Face user's own model and data -------------------------------------------------
 
 transformers = pytest.importorskip("transformers")
