@@ -15,6 +15,7 @@ from prunetune.search import (
     TrialRecord,
     search,
     sensitivity_params,
+    slim_params,
     starting_points,
     uniform_params,
 )
@@ -84,9 +85,43 @@ def test_fastnas_start_prunes_widths_only_and_cannot_reach_10_percent(ev10, ev30
     assert any(b.heads < ev30.arch.num_heads or b.mlp < ev30.arch.mlp_hidden for b in config.blocks)
 
 
+def test_slim_start_is_the_lowest_global_mask_threshold_that_fits(ev30):
+    """Bisection against exhaustive search: of all thresholds (every mask value), the lowest
+    whose per-block cut fits the budget gives the slim start."""
+    import torch
+
+    from prunetune.search._start import _at_least
+
+    params = slim_params(ev30)
+    scores = ev30.scores("learned_mask")
+    dims = {d.name: d for d in ev30.space.dims}
+    M = ev30.arch.mlp_hidden
+
+    def pick(t):
+        out = dict(params)
+        for i in range(ev30.arch.depth):
+            h = max(1, int((scores.heads[i] >= t).sum()))
+            m = max(1, int((scores.mlp[i] >= t).sum()))
+            out[f"heads_{i}"] = int(_at_least(dims[f"heads_{i}"], h))
+            out[f"mlp_{i}"] = _at_least(dims[f"mlp_{i}"], m / M)
+        return out
+
+    def raw_cost(p):  # no budget repair
+        return cost_of(ev30.space.to_config(p), ev30.arch, ev30.budget.metric)
+
+    values = sorted(set(torch.cat([*scores.heads, *scores.mlp]).tolist()))
+    fitting = [t for t in values if raw_cost(pick(t)) <= ev30.budget.limit]
+    assert fitting and fitting[0] > values[0]  # the budget cuts something
+    assert params == pick(fitting[0])
+    config, cost = _cost(ev30, params)
+    assert cost <= ev30.budget.limit
+    assert all(b.keep and b.token_keep == 1.0 for b in config.blocks)  # widths only
+    assert params["criterion"] == "magnitude_l2"  # the space does not offer learned_mask
+
+
 def test_starting_points_skip_kinds_that_do_not_apply(ev10):
-    kinds = [k for k, _ in starting_points(ev10, ("uniform", "fastnas", "sensitivity"))]
-    assert kinds == ["uniform", "sensitivity"]
+    kinds = [k for k, _ in starting_points(ev10, ("uniform", "fastnas", "sensitivity", "slim"))]
+    assert kinds == ["uniform", "sensitivity"]  # widths alone cannot reach 10 %
 
 
 def test_a_new_study_tries_the_starts_first_and_a_resume_does_not_repeat_them(tmp_path):

@@ -797,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=("uniform", "sensitivity"),
         metavar="KINDS",
         help="informed starting points a new study tries first, comma-separated, or none: "
-        "uniform, sensitivity (FastNAS-style over every dimension), fastnas (widths only) "
+        "uniform, sensitivity (FastNAS-style over every dimension), fastnas (widths only), "
+        "slim (ViT-Slim's learned masks cut by one global threshold) "
         "(default: uniform,sensitivity)",
     )
     s.add_argument(

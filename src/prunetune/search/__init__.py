@@ -12,7 +12,7 @@ from ._report import report_rows, write_report
 from ._search import SETTINGS_FILE, SearchResult, search
 from ._select import best_trial, pareto_front, pick_members
 from ._settings import STARTS, SearchSettings, TierSpec, default_tiers, settings_of
-from ._start import sensitivity_params, starting_points, uniform_params
+from ._start import sensitivity_params, slim_params, starting_points, uniform_params
 from ._study import (
     DEFAULT_STORAGE,
     DEFAULT_STUDY,
@@ -51,6 +51,7 @@ __all__ = [
     "search",
     "sensitivity_params",
     "settings_of",
+    "slim_params",
     "starting_points",
     "study_entry",
     "study_status",

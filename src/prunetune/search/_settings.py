@@ -30,7 +30,7 @@ SETTINGS_VERSION = 1
 
 
 #: Informed starting points a new study may try first (:mod:`prunetune.search._start`).
-STARTS = ("uniform", "sensitivity", "fastnas")
+STARTS = ("uniform", "sensitivity", "fastnas", "slim")
 #: The ones it tries by default.
 DEFAULT_STARTS = ("uniform", "sensitivity")
 

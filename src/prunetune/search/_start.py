@@ -14,6 +14,10 @@ first tries (Optuna's ``enqueue_trial``; each is an ordinary trial the sampler t
   dense MACs is the floor); then there is no such point.
 - ``sensitivity``: the same over every dimension of the space: token keep rates and dropping a
   block are choices too, so budgets below what widths reach stay reachable.
+- ``slim``: ViT-Slim's allocation: the ``learned_mask`` criterion's soft masks of every head and
+  MLP neuron on one scale, one global threshold bisected onto the budget (widths only, so like
+  ``fastnas`` it cannot reach the lowest budgets). Opt-in: training the masks costs a few
+  seconds per search.
 
 Both need a count-mode space (``heads_i``, ``mlp_i``). The sensitivity table costs one score
 per choice (about a hundred on a 6-block model) with the first tier's proxy built on the first
@@ -25,6 +29,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from ..config import PruningConfig
 from ..errors import ConfigError, InfeasibleConfigError
 from ..pruners import prune
@@ -32,12 +38,20 @@ from ..registry import PROXIES
 from ._budget import cost_of
 from ._settings import DEFAULT_STARTS
 
-__all__ = ["starting_points", "uniform_params", "sensitivity_params", "sensitivity_table"]
+__all__ = [
+    "sensitivity_params",
+    "sensitivity_table",
+    "slim_params",
+    "starting_points",
+    "uniform_params",
+]
 #: at most this many values of a dimension are scored by the sensitivity table
 MAX_CHOICES = 8
 #: calibration images the sensitivity table scores on (the first ones of the search's)
 TABLE_SAMPLES = 64
 _PREFERRED = ("magnitude_l2", "magnitude_l1")
+#: the criterion whose masks the ``slim`` start cuts
+SLIM_CRITERION = "learned_mask"
 
 
 def _criterion(space) -> Any:
@@ -180,6 +194,70 @@ def sensitivity_params(ev, widths_only: bool = False) -> dict[str, Any] | None:
     return pick(lo)
 
 
+def _at_least(d, want: float) -> float:
+    """The smallest allowed value of dimension ``d`` at or above ``want`` (its high at most)."""
+    vals = d.values() if d.step is not None else [d.low, d.high]
+    above = [v for v in vals if v >= want - 1e-9]
+    if d.step is None:
+        return min(max(want, d.low), d.high)
+    return min(above) if above else vals[-1]
+
+
+def slim_params(ev) -> dict[str, Any] | None:
+    """ViT-Slim's allocation at the budget: the ``learned_mask`` scores of every head and MLP
+    neuron on one scale, one global threshold (bisected onto the budget) keeps, per block, the
+    heads and neurons whose masks reach it; every other dimension dense. The criterion is
+    ``learned_mask`` when the space offers it (the units the masks ranked are the ones kept),
+    else the space's usual one. None without count-mode widths or when widths cannot reach the
+    budget."""
+    if not _count_mode(ev.space):
+        return None
+    scores = ev.scores(SLIM_CRITERION)
+    base = _dense_params(ev.space)
+    if SLIM_CRITERION in (base.get("criterion"), *_criterion_choices(ev.space)):
+        base["criterion"] = SLIM_CRITERION
+    arch = ev.arch
+    dims = {d.name: d for d in ev.space.dims}
+
+    def pick(threshold: float) -> dict[str, Any]:
+        out = dict(base)
+        for i in range(arch.depth):
+            h, m = f"heads_{i}", f"mlp_{i}"
+            if h in dims:
+                kept = max(1, int((scores.heads[i] >= threshold).sum()))
+                out[h] = int(_at_least(dims[h], kept))
+            if m in dims:
+                kept = max(1, int((scores.mlp[i] >= threshold).sum()))
+                out[m] = _at_least(dims[m], kept / arch.mlp_hidden)
+        return out
+
+    def cost(params: dict) -> float | None:
+        try:
+            config: PruningConfig = ev.space.to_config(params)
+        except (ConfigError, InfeasibleConfigError):
+            return None
+        return cost_of(config, ev.arch, ev.budget.metric, ev.latency_model)
+
+    values = torch.cat([*scores.heads, *scores.mlp]).double()
+    lo, hi = float(values.min()) - 1.0, float(values.max()) + 1.0  # pick(hi): 1 unit each
+    top = cost(pick(float("inf")))
+    if top is None or top > ev.budget.limit:
+        return None
+    for _ in range(40):  # the lowest threshold (most units kept) whose picks fit the budget
+        mid = (lo + hi) / 2
+        c = cost(pick(mid))
+        if c is not None and c <= ev.budget.limit:
+            hi = mid
+        else:
+            lo = mid
+    return pick(hi)
+
+
+def _criterion_choices(space) -> tuple:
+    names = [d.name for d in space.dims]
+    return tuple(space["criterion"].choices) if "criterion" in names else ()
+
+
 def starting_points(ev, kinds=DEFAULT_STARTS) -> list[tuple[str, dict[str, Any]]]:
     """``[(kind, params), ...]`` for the space of ``ev`` (kinds that do not apply are left
     out). The budget-target dimension, when searched, is set to 1 (onto the budget)."""
@@ -187,6 +265,7 @@ def starting_points(ev, kinds=DEFAULT_STARTS) -> list[tuple[str, dict[str, Any]]
         "uniform": lambda: uniform_params(ev.space),
         "sensitivity": lambda: sensitivity_params(ev),
         "fastnas": lambda: sensitivity_params(ev, widths_only=True),
+        "slim": lambda: slim_params(ev),
     }
     out = []
     for kind in kinds:
