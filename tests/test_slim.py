@@ -63,3 +63,47 @@ def test_dead_units_rank_last(dead_model):
 def test_bad_options_are_config_errors(kw):
     with pytest.raises(ConfigError):
         get_saliency("learned_mask", **kw)
+
+
+# --- X-Pruner's class-wise masks ----------------------------------------------------------------
+
+
+def test_xpruner_rows_of_absent_classes_and_dead_units_follow_the_closed_form(dead_model):
+    """Calibration images of classes 0 and 1 only: the rows of classes 2-4 get no loss gradient
+    (no image uses them), nor do any rows of the dead units; all of them shrink exactly as Adam
+    does under the L1 pull alone, while the live units' rows of classes 0 and 1 do not."""
+    steps, l1, lr = 6, 1e-3, 0.05
+    batches = [(x, y % 2) for x, y in calibration_batches(dead_model, n_batches=3)]
+    crit = get_saliency("xpruner", steps=steps, l1=l1, lr=lr)
+    heads, neurons = crit.masks(dead_model, batches)
+    want = 1 - steps * lr * l1 / (l1 + EPS)
+    assert heads[0].shape == (5, 4) and neurons[0].shape == (5, 64)  # classes x units
+    for masks in (heads, neurons):
+        for m in masks:
+            torch.testing.assert_close(m[2:], torch.full_like(m[2:], want), rtol=0, atol=1e-6)
+    torch.testing.assert_close(heads[1][:, 2], torch.full((5,), want), rtol=0, atol=1e-6)
+    torch.testing.assert_close(neurons[0][:, 5:7], torch.full((5, 2), want), rtol=0, atol=1e-6)
+    assert (heads[0][:2] - want).abs().max() > 1e-3  # live units, present classes: the loss acts
+
+
+def test_xpruner_scores_weight_the_class_rows_by_the_calibration_labels(dead_model):
+    batches = [(x, torch.zeros_like(y)) for x, y in calibration_batches(dead_model)]
+    crit = get_saliency("xpruner", steps=5)
+    heads, neurons = crit.masks(dead_model, batches)
+    scores = crit.scores(dead_model, batches)  # deterministic: the same masks again
+    for i in range(len(heads)):
+        torch.testing.assert_close(scores.heads[i], heads[i][0])  # only class 0 was seen
+        torch.testing.assert_close(scores.mlp[i], neurons[i][0])
+
+
+def test_the_xpruner_example_space_searches_thresholds_on_xpruner_masks():
+    from pathlib import Path
+
+    from prunetune.models import ModelSpec
+    from prunetune.spaces import load_space
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "xpruner_space.yaml"
+    space = load_space(ModelSpec("digits_vit"), str(path))
+    assert space.width_mode == "threshold"
+    assert space["criterion"].choices == ("xpruner",)
+    assert any(d.name.startswith("head_thr_") for d in space.dims)

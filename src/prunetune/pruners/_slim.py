@@ -1,4 +1,4 @@
-"""ViT-Slim's learned soft masks as a saliency criterion (``learned_mask``).
+"""Learned soft masks as saliency criteria: ViT-Slim (``learned_mask``) and X-Pruner (``xpruner``).
 
 ViT-Slim (Chavan et al., "Vision Transformer Slimming: Multi-Dimension Searching in Continuous
 Optimization Space", CVPR 2022) multiplies every prunable dimension by a learnable soft mask,
@@ -31,22 +31,90 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..families import family_of
+from ..models import ViTArch
 from ._saliency import SaliencyScores, _device, _need_batches, register_saliency
 
-__all__ = ["LearnedMask"]
+__all__ = ["LearnedMask", "XPruner"]
 
 
 class _Mask:
     """Forward pre-hook: multiplies the module's input channels by ``mask`` repeated ``width``
-    times each (one mask per head of ``width`` channels, or per neuron with ``width`` 1)."""
+    times each (one mask per head of ``width`` channels, or per neuron with ``width`` 1).
 
-    def __init__(self, mask: torch.Tensor, width: int):
-        self.mask, self.width = mask, width
+    A class-wise mask (classes x units) uses, for every image, the row of its label (set in
+    ``labels`` before each forward).
+    """
+
+    def __init__(self, mask: torch.Tensor, width: int, labels: list | None = None):
+        self.mask, self.width, self.labels = mask, width, labels
 
     def __call__(self, module, args):
         x = args[0]
-        m = self.mask.repeat_interleave(self.width) if self.width > 1 else self.mask
+        m = self.mask if self.labels is None else self.mask[self.labels[0]]
+        if self.width > 1:
+            m = m.repeat_interleave(self.width, dim=-1)
+        if self.labels is not None:  # (B, units) -> (B, 1, ..., channels)
+            m = m.reshape(m.shape[0], *([1] * (x.dim() - 2)), m.shape[-1])
         return (x * m.to(x.dtype),) + tuple(args[1:])
+
+
+def _train_masks(
+    model, batches, steps: int, l1: float, lr: float, classes: int | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Soft masks on every head and MLP neuron (``classes`` rows each when class-wise), trained
+    with the weights frozen: cross-entropy plus ``l1`` times the sum of |masks|, Adam."""
+    family = family_of(model)
+    dev = _device(model)
+    blocks = family.blocks(model)
+    rows = () if classes is None else (classes,)
+    heads = [torch.ones(*rows, family.heads(b)[0], device=dev, requires_grad=True) for b in blocks]
+    neurons = [
+        torch.ones(*rows, family.mlp_width(b), device=dev, requires_grad=True) for b in blocks
+    ]
+    labels: list | None = None if classes is None else [None]
+    hooks = []
+    for b, mh, mn in zip(blocks, heads, neurons):
+        attn_out = b.get_submodule(family.attn_out_path(b))
+        mlp_out = b.get_submodule(family.mlp_out_path(b))
+        hooks.append(attn_out.register_forward_pre_hook(_Mask(mh, family.heads(b)[1], labels)))
+        hooks.append(mlp_out.register_forward_pre_hook(_Mask(mn, 1, labels)))
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    was = model.training
+    opt = torch.optim.Adam([*heads, *neurons], lr=lr)
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for step in range(steps):
+                x, y = batches[step % len(batches)]
+                if labels is not None:
+                    labels[0] = y.to(dev)
+                loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
+                penalty = sum(m.abs().sum() for m in (*heads, *neurons))
+                opt.zero_grad()
+                (loss + l1 * penalty).backward()
+                opt.step()
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        model.train(was)
+    return [m.detach().abs() for m in heads], [m.detach().abs() for m in neurons]
+
+
+def _check_options(steps: int, l1: float, lr: float) -> None:
+    if steps < 1:
+        raise ConfigError(f"`steps >= 1` must hold, but got steps={steps}")
+    if l1 < 0 or lr <= 0:
+        raise ConfigError(f"`l1 >= 0` and `lr > 0` must hold, but got l1={l1}, lr={lr}")
+
+
+def _unit_scores(name: str, heads: list, neurons: list) -> SaliencyScores:
+    blocks = torch.stack([(h.mean() + n.mean()) / 2 for h, n in zip(heads, neurons)]).float()
+    return SaliencyScores(name, [h.float() for h in heads], [n.float() for n in neurons], blocks)
 
 
 @register_saliency("learned_mask")
@@ -60,53 +128,57 @@ class LearnedMask:
     """
 
     def __init__(self, steps: int = 40, l1: float = 2e-3, lr: float = 0.02):
-        if steps < 1:
-            raise ConfigError(f"`steps >= 1` must hold, but got steps={steps}")
-        if l1 < 0 or lr <= 0:
-            raise ConfigError(f"`l1 >= 0` and `lr > 0` must hold, but got l1={l1}, lr={lr}")
+        _check_options(steps, l1, lr)
         self.steps, self.l1, self.lr = steps, l1, lr
 
     def masks(self, model, batches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The trained (head masks, neuron masks) per block."""
+        """The trained (head masks, neuron masks) per block, as |mask|."""
         _need_batches(batches, self.name)
-        family = family_of(model)
-        dev = _device(model)
-        blocks = family.blocks(model)
-        heads = [torch.ones(family.heads(b)[0], device=dev, requires_grad=True) for b in blocks]
-        neurons = [torch.ones(family.mlp_width(b), device=dev, requires_grad=True) for b in blocks]
-        hooks = []
-        for b, mh, mn in zip(blocks, heads, neurons):
-            attn_out = b.get_submodule(family.attn_out_path(b))
-            mlp_out = b.get_submodule(family.mlp_out_path(b))
-            hooks.append(attn_out.register_forward_pre_hook(_Mask(mh, family.heads(b)[1])))
-            hooks.append(mlp_out.register_forward_pre_hook(_Mask(mn, 1)))
-        params = list(model.parameters())
-        flags = [p.requires_grad for p in params]
-        was = model.training
-        opt = torch.optim.Adam([*heads, *neurons], lr=self.lr)
-        try:
-            model.eval()
-            for p in params:
-                p.requires_grad_(False)
-            with torch.enable_grad():
-                for step in range(self.steps):
-                    x, y = batches[step % len(batches)]
-                    loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
-                    penalty = sum(m.abs().sum() for m in (*heads, *neurons))
-                    opt.zero_grad()
-                    (loss + self.l1 * penalty).backward()
-                    opt.step()
-        finally:
-            for h in hooks:
-                h.remove()
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
-            model.train(was)
-        return [m.detach().abs() for m in heads], [m.detach().abs() for m in neurons]
+        return _train_masks(model, list(batches), self.steps, self.l1, self.lr)
 
     def scores(self, model, batches):
-        heads, neurons = self.masks(model, list(batches))
-        blocks = torch.stack([(h.mean() + n.mean()) / 2 for h, n in zip(heads, neurons)]).float()
-        return SaliencyScores(
-            self.name, [h.float() for h in heads], [n.float() for n in neurons], blocks, None
-        )
+        return _unit_scores(self.name, *self.masks(model, list(batches)))
+
+
+@register_saliency("xpruner")
+class XPruner:
+    """X-Pruner's explainability-aware masks: one soft mask per class and unit, trained end to end.
+
+    X-Pruner (Yu and Xiang, "X-Pruner: eXplainable Pruning for Vision Transformers", CVPR 2023)
+    gives every prunable unit a mask per class, measuring the unit's contribution to predicting
+    that class, learns the masks differentiably, then searches layer-wise thresholds on the mask
+    values under the cost constraint and fine-tunes. Here: every head and MLP neuron has a row
+    of masks (one per class), initialised at 1; an image of class ``c`` runs with row ``c``; the
+    masks are trained with the weights frozen for ``steps`` Adam steps on the calibration
+    batches, under an L1 penalty (as ``learned_mask``). A unit's score is the mean over the
+    calibration images of its mask for the image's class (the class-frequency-weighted mean of
+    its class rows): rows of classes absent from the calibration batches are not used. The
+    layer-wise thresholds are prunetune's threshold width mode (``width_mode: threshold`` with
+    ``criteria: [xpruner]`` in a space file) searched under the budget, and the Pareto stage is
+    the final fine-tune. ``masks`` returns the class-wise masks (the explanation itself).
+
+    Args:
+        steps: Adam steps on the masks (the batches are cycled).
+        l1: Weight of the L1 penalty on the sum of all masks.
+        lr: Adam learning rate.
+    """
+
+    def __init__(self, steps: int = 40, l1: float = 5e-4, lr: float = 0.02):
+        _check_options(steps, l1, lr)
+        self.steps, self.l1, self.lr = steps, l1, lr
+
+    def masks(self, model, batches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The trained class-wise (head masks, neuron masks) per block: (classes, units), |mask|."""
+        _need_batches(batches, self.name)
+        classes = ViTArch.from_model(model).num_classes
+        return _train_masks(model, list(batches), self.steps, self.l1, self.lr, classes)
+
+    def scores(self, model, batches):
+        batches = list(batches)
+        heads, neurons = self.masks(model, batches)
+        classes = heads[0].shape[0]
+        counts = torch.zeros(classes, dtype=torch.float64)
+        for _, y in batches:
+            counts += torch.bincount(y.cpu(), minlength=classes).double()[:classes]
+        w = (counts / counts.sum()).to(heads[0].device, heads[0].dtype)
+        return _unit_scores(self.name, [w @ h for h in heads], [w @ n for n in neurons])
