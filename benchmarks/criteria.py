@@ -2,9 +2,11 @@
 
 For each task (``digits``: digits_vit; ``photos``: photos_vit) and each shape (every block cut to
 the same heads and MLP width: ``half`` keeps 3 of 6 heads and 192 of 384 neurons, ``third`` 2
-heads and 128 neurons), every criterion ranks the units on the search's own calibration batches
-(256 training images), the dense model is pruned to the shape with its scores, and the pruned
-model is scored as a search scores a candidate: zero-shot val accuracy, tier a (agreement with
+heads and 128 neurons; or ``sparse50``/``sparse70``: 50 / 70 % unstructured sparsity in every
+block linear, where ``cap`` also moves the kept weights to compensate), every criterion ranks
+the units on the search's own calibration batches (256 training images), the dense model is
+pruned to the shape with its scores, and the pruned model is scored as a search scores a
+candidate: zero-shot val accuracy, tier a (agreement with
 the dense model on the calibration batches) and tier b (100 distillation steps from the dense
 model, then val accuracy; the same seed for every criterion). The scoring CPU seconds of each
 criterion are reported too: ``learned_mask`` trains its masks, ``hessian`` runs Hessian-vector
@@ -37,9 +39,15 @@ CRITERIA = (
     "activation",
     "learned_mask",
     "xpruner",
+    "cap",
     "random",
 )
-SHAPES = {"half": (3, 192), "third": (2, 128)}
+SHAPES = {
+    "half": {"heads": 3, "mlp": 192},
+    "third": {"heads": 2, "mlp": 128},
+    "sparse50": {"sparsity": 0.5},
+    "sparse70": {"sparsity": 0.7},
+}
 
 
 def main() -> None:
@@ -59,15 +67,14 @@ def main() -> None:
             t0 = time.process_time()
             scores = ev.scores(crit)
             cpu = time.process_time() - t0
-            for shape, (h, m) in SHAPES.items():
-                blocks = tuple(BlockConfig(heads=h, mlp=m) for _ in range(ev.arch.depth))
+            for shape, kw in SHAPES.items():
+                blocks = tuple(BlockConfig(**kw) for _ in range(ev.arch.depth))
                 config = PruningConfig(ev.base.spec, blocks, criterion=crit)
                 model = prune(ev.base.model, config, scores=scores)
                 row = {
                     "criterion": crit,
                     "shape": shape,
-                    "heads": h,
-                    "mlp": m,
+                    **kw,
                     "scores_cpu_s": round(cpu, 2),
                     "zero_shot_val": evaluate_accuracy(model, ev.val).accuracy,
                     "tier_a": float(tier_a.score(model)),

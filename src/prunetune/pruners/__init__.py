@@ -8,7 +8,16 @@ one generic pruner plus a :class:`TokenMode` per mode (``token_modes/``, registe
 
 from __future__ import annotations
 
-from . import _depth, _heads, _mlp, _slim, _tokens, _unstructured, token_modes  # noqa: F401
+from . import (  # noqa: F401  (registers the pruners and criteria)
+    _cap,
+    _depth,
+    _heads,
+    _mlp,
+    _slim,
+    _tokens,
+    _unstructured,
+    token_modes,
+)
 from ._apply import prune, rebuild_structure
 from ._registry import Pruner, get_pruner, list_pruners, register_pruner
 from ._saliency import (

@@ -47,6 +47,8 @@ class SaliencyScores:
         blocks: Tensor of shape ``[depth]``.
         elements: Per-parameter element scores (same shapes as the block parameters, keyed by
             parameter name) or None when the criterion has none.
+        extra: What a criterion hands its pruners beyond scores (CAP's inverse Fisher blocks,
+            which the unstructured pruner uses to compensate), or None.
     """
 
     criterion: str
@@ -54,6 +56,7 @@ class SaliencyScores:
     mlp: list[torch.Tensor]
     blocks: torch.Tensor
     elements: dict[str, torch.Tensor] | None = None
+    extra: dict | None = None
 
 
 @runtime_checkable

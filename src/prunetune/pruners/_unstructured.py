@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ..families import family_of
+from ._cap import EXTRA_KEY as CAP_KEY
+from ._cap import obs_remove
 from ._registry import register_pruner
 from ._surgery import check_finite
 
@@ -57,6 +59,15 @@ class UnstructuredPruner:
                         )
                     s = w.abs() if el is None else el
                     check_finite(s, f"element ({key})")
-                    idx = torch.argsort(s.reshape(-1).double(), stable=True)[:k]
-                    mask.view(-1)[idx.to(w.device)] = 0
+                    finv = ((scores.extra or {}).get(CAP_KEY) or {}).get(key)
+                    if finv is not None and finv.shape[0] * finv.shape[-1] == w.numel():
+                        # CAP: gradual OBS removal, the rest of each block compensates
+                        B = finv.shape[-1]
+                        steps = scores.extra.get("steps", 1)
+                        new, keep = obs_remove(w.reshape(-1, B), finv.to(w.device), k, steps)
+                        w.copy_(new.reshape(w.shape).to(w.dtype))
+                        mask = keep.reshape(w.shape).to(w.dtype)
+                    else:
+                        idx = torch.argsort(s.reshape(-1).double(), stable=True)[:k]
+                        mask.view(-1)[idx.to(w.device)] = 0
                 torch_prune.custom_from_mask(lin, "weight", mask)

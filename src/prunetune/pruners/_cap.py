@@ -1,0 +1,184 @@
+"""CAP: correlation-aware pruning with a block-wise inverse empirical Fisher (criterion ``cap``).
+
+CAP (Kuznedelev et al., "CAP: Correlation-Aware Pruning for Highly-Accurate Sparse Vision
+Models", NeurIPS 2023), like WoodFisher and M-FAC before it, prunes by Optimal Brain Surgeon
+with the empirical Fisher as the Hessian, restricted to blocks of consecutive weights so the
+inverse is tractable. For a block with inverse Fisher ``Finv`` and weights ``w``:
+
+- the saliency of weight ``q`` is ``w_q² / (2 Finv_qq)``: the loss increase of removing it when
+  the other weights of its block move to compensate (a diagonal criterion uses ``F_qq`` and
+  ignores the correlations);
+- removing a set ``Q`` at once moves the rest by ``δw = -Finv[:, Q] Finv[Q, Q]⁻¹ w_Q`` (which sets
+  ``w_Q`` to exactly 0) and leaves the remaining weights' inverse Fisher
+  ``Finv - Finv[:, Q] Finv[Q, Q]⁻¹ Finv[Q, :]``;
+- sparsity is reached gradually: ``steps`` rounds, each removing the lowest-saliency share of
+  what is still to remove and recomputing the saliency from the updated weights and inverse.
+
+Here the blocks are ``block_size`` consecutive input weights of one output row of each block
+linear, the Fisher is the mean over calibration images of per-sample gradient outer products
+(``torch.func.vmap``) plus ``damp`` times its mean diagonal. The criterion's element scores are
+the OBS saliencies (so heads and MLP neurons get the sums of their weights' saliencies, as for
+the other element-wise criteria), and the unstructured pruner applies the gradual OBS removal
+with the compensating updates when the scores carry the inverse Fishers (``SaliencyScores.extra``)
+and the layer still has the shape they were computed for; a layer narrowed by head or MLP
+pruning first falls back to ranking by the saliencies without compensation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..families import family_of
+from ._saliency import (
+    _block_params,
+    _device,
+    _eval_unfused,
+    _need_batches,
+    group_scores,
+    register_saliency,
+)
+
+__all__ = ["CAP", "fisher_blocks", "obs_remove", "obs_saliency"]
+
+#: key of the inverse Fishers in ``SaliencyScores.extra``
+EXTRA_KEY = "cap_inverse_fisher"
+
+
+def _block_len(in_features: int, block_size: int) -> int:
+    """The largest divisor of ``in_features`` not above ``block_size``."""
+    b = min(block_size, in_features)
+    while in_features % b:
+        b -= 1
+    return b
+
+
+def fisher_blocks(
+    model: nn.Module, batches: list, block_size: int = 32, damp: float = 1e-2, chunk: int = 32
+) -> dict[str, torch.Tensor]:
+    """Inverse empirical Fisher blocks of every block linear's weight.
+
+    Returns ``{parameter name: (rows * in/B, B, B)}``: block ``k`` holds weights
+    ``[k·B, (k+1)·B)`` of the flattened (row-major) weight.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    params = {
+        n: p.detach()
+        for n, p in _block_params(model).items()
+        if n.endswith(".weight")
+        and isinstance(model.get_submodule(n[: -len(".weight")]), nn.Linear)
+    }
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in params}
+    fixed.update(dict(model.named_buffers()))
+    dev = _device(model)
+    sizes = {n: _block_len(p.shape[1], block_size) for n, p in params.items()}
+
+    def loss_fn(p, xi, yi):
+        out = functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    per_sample = vmap(grad(loss_fn), in_dims=(None, 0, 0))
+    acc = {
+        n: torch.zeros(p.numel() // sizes[n], sizes[n], sizes[n], dtype=torch.float64, device=dev)
+        for n, p in params.items()
+    }
+    count = 0
+    with _eval_unfused(model):
+        for x, y in batches:
+            x, y = x.to(dev), y.to(dev)
+            for s in range(0, len(y), chunk):
+                g = per_sample(params, x[s : s + chunk], y[s : s + chunk])
+                for n in acc:
+                    gb = g[n].reshape(g[n].shape[0], -1, sizes[n]).double()
+                    acc[n] += torch.einsum("nkb,nkc->kbc", gb, gb)
+                count += len(y[s : s + chunk])
+    out = {}
+    for n, a in acc.items():
+        a /= count
+        mean_diag = a.diagonal(dim1=1, dim2=2).mean().clamp_min(1e-12)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        out[n] = torch.linalg.inv(a + damp * mean_diag * eye)
+    return out
+
+
+def obs_saliency(w: torch.Tensor, finv: torch.Tensor) -> torch.Tensor:
+    """``w_q² / (2 Finv_qq)`` per weight; ``w`` is (blocks, B), ``finv`` (blocks, B, B)."""
+    return w.double().pow(2) / (2 * finv.diagonal(dim1=1, dim2=2).clamp_min(1e-30))
+
+
+def obs_remove(
+    w: torch.Tensor, finv: torch.Tensor, k: int, steps: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Removes ``k`` weights of ``w`` (blocks, B) by gradual OBS with ``finv`` (blocks, B, B).
+
+    Each of ``steps`` rounds removes the lowest-saliency share of what is left to remove, moves
+    the remaining weights of each touched block to compensate and updates its inverse Fisher.
+    Returns the updated weights (removed ones exactly 0) and the keep mask, both (blocks, B).
+    """
+    w = w.double().clone()
+    finv = finv.double().clone()
+    keep = torch.ones_like(w, dtype=torch.bool)
+    done = 0
+    for step in range(steps):
+        n = round(k * (step + 1) / steps) - done
+        if n <= 0:
+            continue
+        sal = obs_saliency(w, finv).masked_fill(~keep, math.inf)
+        idx = torch.argsort(sal.reshape(-1), stable=True)[:n]
+        chosen = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+        chosen[idx] = True
+        chosen = chosen.reshape(w.shape)
+        for b in chosen.any(dim=1).nonzero().flatten().tolist():
+            q = chosen[b].nonzero().flatten()
+            fq = finv[b][:, q]  # (B, |Q|)
+            rhs = torch.cat([w[b, q].unsqueeze(1), fq.T], dim=1)  # [w_Q | Finv[Q, :]]
+            sol = torch.linalg.solve(fq[q], rhs)
+            w[b] -= fq @ sol[:, 0]
+            finv[b] -= fq @ sol[:, 1:]
+            w[b, q] = 0.0
+            # removed weights stay 0: their rows/columns of the constrained inverse vanish
+            finv[b][q, :] = 0.0
+            finv[b][:, q] = 0.0
+        keep &= ~chosen
+        done += n
+    return w, keep
+
+
+@register_saliency("cap")
+class CAP:
+    """Correlation-aware OBS saliency with block-wise inverse empirical Fisher (see module).
+
+    Args:
+        block_size: Consecutive input weights per Fisher block (the largest divisor of the
+            layer's input width not above it).
+        damp: Dampening, relative to the Fisher's mean diagonal.
+        steps: Rounds of the gradual removal in the unstructured pruner.
+    """
+
+    def __init__(self, block_size: int = 32, damp: float = 1e-2, steps: int = 4):
+        if block_size < 1 or steps < 1 or damp <= 0:
+            raise ConfigError(
+                f"`block_size >= 1`, `steps >= 1` and `damp > 0` must hold, but got "
+                f"block_size={block_size}, steps={steps}, damp={damp}"
+            )
+        self.block_size, self.damp, self.steps = block_size, damp, steps
+
+    def scores(self, model, batches):
+        _need_batches(batches, self.name)
+        family_of(model)  # refuses an unsupported model before any work
+        finv = fisher_blocks(model, list(batches), self.block_size, self.damp)
+        params = _block_params(model)
+        el = {}
+        for n, p in params.items():
+            if n in finv:
+                B = finv[n].shape[-1]
+                sal = obs_saliency(p.detach().reshape(-1, B), finv[n])
+                el[n] = sal.reshape(p.shape).to(p.dtype)
+        s = group_scores(model, el, self.name)
+        s.extra = {EXTRA_KEY: finv, "steps": self.steps}
+        return s
