@@ -15,7 +15,7 @@ import torch
 from prunetune import BlockConfig, PruningConfig, prune
 from prunetune.errors import ConfigError
 from prunetune.pruners import get_saliency
-from prunetune.pruners._cap import obs_remove, obs_saliency
+from prunetune.pruners._obs import obs_remove, obs_saliency
 from prunetune.testing.saliency import TINY_SPEC, calibration_batches, tiny_model
 
 
@@ -119,3 +119,44 @@ def test_cap_prunes_with_compensation_on_a_model():
 def test_bad_options_are_config_errors(kw):
     with pytest.raises(ConfigError):
         get_saliency("cap", **kw)
+
+
+def test_group_removal_of_columns_lands_on_the_constrained_optimum():
+    from prunetune.pruners._obs import compensate_columns
+
+    g = torch.Generator().manual_seed(5)
+    w0 = torch.randn(3, 8, generator=g, dtype=torch.float64)  # 3 rows, 2 blocks of 4 per row
+    Fs = [_spd(4, 40 + k) for k in range(6)]
+    finv = torch.stack([torch.linalg.inv(F) for F in Fs])
+    w = w0.clone()
+    removed = torch.tensor([1, 2, 5])  # one unit's input columns, across both blocks
+    compensate_columns(w, finv, removed)
+    for r in range(3):
+        for blk in range(2):
+            F, cols = Fs[2 * r + blk], range(4 * blk, 4 * blk + 4)
+            Q = [c - 4 * blk for c in removed.tolist() if c in cols]
+            want = _constrained(F, w0[r, 4 * blk : 4 * blk + 4], Q)[0]
+            torch.testing.assert_close(w[r, 4 * blk : 4 * blk + 4], want, rtol=0, atol=1e-10)
+
+
+def test_cap_compensates_the_output_projection_when_heads_go():
+    model = tiny_model(TINY_SPEC).eval()
+    batches = calibration_batches(model)
+    cfg = PruningConfig(TINY_SPEC, tuple(BlockConfig(heads=2, mlp=32) for _ in range(3)), "cap")
+    # blocks of 16 input columns span two heads of 8: the kept head of a pair makes up for the other
+    cap = prune(model, cfg, scores=get_saliency("cap", block_size=16).scores(model, batches))
+    mag = prune(model, cfg.replace(criterion="magnitude_l2"), batches)
+    d = model.blocks[0].attn.head_dim
+    for pruned, moved in ((cap, True), (mag, False)):
+        attn = pruned.blocks[0].attn
+        # which heads were kept: match the kept q rows against the dense qkv
+        dense_q = model.blocks[0].attn.qkv.weight[: 4 * d].reshape(4, d, -1)
+        kept = [
+            h
+            for h in range(4)
+            for r in attn.qkv.weight[: 2 * d].reshape(2, d, -1)
+            if torch.equal(r, dense_q[h])
+        ]
+        cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept])
+        same = torch.equal(attn.proj.weight, model.blocks[0].attn.proj.weight[:, cols])
+        assert same != moved

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from ..families import Part, part_channels
+from ._obs import EXTRA_KEY as CAP_KEY
+from ._obs import compensate_columns
 from ._surgery import slice_element_scores, slice_linear, slice_norm
 
 
@@ -24,9 +26,15 @@ def cut_units(
 ) -> None:
     """Keeps units ``keep`` (each ``unit_size`` channels of ``total``) in every part of
     ``block``; ``prefix`` is the block's parameter-name prefix for the element scores."""
+    finvs = ((scores.extra or {}).get(CAP_KEY) or {}) if scores is not None else {}
     for part in parts:
         idx = part_channels(part, keep, unit_size, total)
         mod = block.get_submodule(part.path)
+        finv = finvs.get(f"{prefix}{part.path}.weight")
+        if finv is not None and isinstance(mod, nn.Linear) and part.axis == 1:
+            dropped = torch.ones(mod.in_features, dtype=torch.bool)
+            dropped[idx] = False  # CAP: the other inputs make up for the cut ones
+            compensate_columns(mod.weight, finv, dropped.nonzero().flatten())
         if isinstance(mod, nn.Linear):
             new = slice_linear(mod, **({"out_idx": idx} if part.axis == 0 else {"in_idx": idx}))
         else:

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ..families import family_of
-from ._cap import EXTRA_KEY as CAP_KEY
-from ._cap import obs_remove
+from ._obs import EXTRA_KEY as CAP_KEY
+from ._obs import obs_remove
 from ._registry import register_pruner
 from ._surgery import check_finite
 
