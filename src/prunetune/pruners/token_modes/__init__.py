@@ -7,7 +7,9 @@ mode up by ``PruningConfig.token_mode``. Adding a mode is one new module plus th
 
 - ``attentive`` / ``attentive_fuse`` (:mod:`.attentive`): EViT / SPViT class-attention keep;
 - ``merge`` (:mod:`.merge`): ToMe bipartite token merging;
-- ``learned`` (:mod:`.learned`): DynamicViT keep predictors.
+- ``learned`` (:mod:`.learned`): DynamicViT keep predictors;
+- ``spatial_merge`` (:mod:`.spatial`): CAIT-style merging of adjacent columns, then rows, of
+  the patch grid.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ._base import TokenMode
 from .attentive import AttentiveFuseMode, AttentiveMode
 from .learned import KeepPredictor, LearnedMode
 from .merge import MergeMode
+from .spatial import SpatialMergeMode
 
 __all__ = [
     "AttentiveFuseMode",
@@ -24,6 +27,7 @@ __all__ = [
     "KeepPredictor",
     "LearnedMode",
     "MergeMode",
+    "SpatialMergeMode",
     "ReductionStep",
     "TokenContext",
     "TokenMode",
