@@ -35,7 +35,6 @@ the other element-wise criteria), and the pruners use the inverse Fishers the sc
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -43,10 +42,9 @@ from ..families import family_of
 from ._obs import EXTRA_KEY, obs_saliency
 from ._saliency import (
     _block_params,
-    _device,
-    _eval_unfused,
     _need_batches,
     group_scores,
+    per_sample_grads,
     register_saliency,
 )
 
@@ -69,38 +67,25 @@ def fisher_blocks(
     Returns ``{parameter name: (rows * in/B, B, B)}``: block ``k`` holds weights
     ``[k·B, (k+1)·B)`` of the flattened (row-major) weight.
     """
-    from torch.func import functional_call, grad, vmap
-
     params = {
         n: p.detach()
         for n, p in _block_params(model).items()
         if n.endswith(".weight")
         and isinstance(model.get_submodule(n[: -len(".weight")]), nn.Linear)
     }
-    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in params}
-    fixed.update(dict(model.named_buffers()))
-    dev = _device(model)
     sizes = {n: _block_len(p.shape[1], block_size) for n, p in params.items()}
-
-    def loss_fn(p, xi, yi):
-        out = functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),))
-        return F.cross_entropy(out, yi.unsqueeze(0))
-
-    per_sample = vmap(grad(loss_fn), in_dims=(None, 0, 0))
     acc = {
-        n: torch.zeros(p.numel() // sizes[n], sizes[n], sizes[n], dtype=torch.float64, device=dev)
+        n: torch.zeros(
+            p.numel() // sizes[n], sizes[n], sizes[n], dtype=torch.float64, device=p.device
+        )
         for n, p in params.items()
     }
     count = 0
-    with _eval_unfused(model):
-        for x, y in batches:
-            x, y = x.to(dev), y.to(dev)
-            for s in range(0, len(y), chunk):
-                g = per_sample(params, x[s : s + chunk], y[s : s + chunk])
-                for n in acc:
-                    gb = g[n].reshape(g[n].shape[0], -1, sizes[n]).double()
-                    acc[n] += torch.einsum("nkb,nkc->kbc", gb, gb)
-                count += len(y[s : s + chunk])
+    for g in per_sample_grads(model, params, batches, chunk):
+        for n in acc:
+            gb = g[n].reshape(g[n].shape[0], -1, sizes[n]).double()
+            acc[n] += torch.einsum("nkb,nkc->kbc", gb, gb)
+        count += next(iter(g.values())).shape[0]
     out = {}
     for n, a in acc.items():
         a /= count

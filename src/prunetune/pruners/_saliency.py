@@ -9,7 +9,7 @@ sparsity. All criteria run the model in eval mode on calibration batches of ``(x
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -240,11 +240,26 @@ def empirical_fisher_diag(
     _need_batches(batches, "fisher")
     if chunk < 1:
         raise ConfigError(f"`chunk >= 1` must hold, but got chunk={chunk}")
+    params = {n: p.detach() for n, p in _block_params(model).items()}
+    acc = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = 0
+    for g in per_sample_grads(model, params, batches, chunk):
+        for n in acc:
+            acc[n] += g[n].pow(2).sum(0)
+        count += next(iter(g.values())).shape[0]
+    return {n: a / count for n, a in acc.items()}
+
+
+def per_sample_grads(
+    model: nn.Module, params: dict[str, torch.Tensor], batches: list, chunk: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Per-sample gradients of the cross-entropy w.r.t. ``params`` (name -> detached tensor),
+    ``{name: (n, *shape)}`` per chunk of at most ``chunk`` calibration images, by
+    ``torch.func.vmap(grad(...))``, in eval mode on the explicit attention path."""
     from torch.func import functional_call, grad, vmap
 
-    params = {n: p.detach() for n, p in _block_params(model).items()}
     fixed = {n: p.detach() for n, p in model.named_parameters() if n not in params}
-    fixed.update({n: b for n, b in model.named_buffers()})
+    fixed.update(dict(model.named_buffers()))
     dev = _device(model)
 
     def loss_fn(p, xi, yi):
@@ -252,17 +267,11 @@ def empirical_fisher_diag(
         return F.cross_entropy(out, yi.unsqueeze(0))
 
     per_sample = vmap(grad(loss_fn), in_dims=(None, 0, 0))
-    acc = {n: torch.zeros_like(p) for n, p in params.items()}
-    count = 0
     with _eval_unfused(model):
         for x, y in batches:
             x, y = x.to(dev), y.to(dev)
             for s in range(0, len(y), chunk):
-                g = per_sample(params, x[s : s + chunk], y[s : s + chunk])
-                for n in acc:
-                    acc[n] += g[n].pow(2).sum(0)
-                count += len(y[s : s + chunk])
-    return {n: a / count for n, a in acc.items()}
+                yield per_sample(params, x[s : s + chunk], y[s : s + chunk])
 
 
 # --- criteria --------------------------------------------------------------------------------

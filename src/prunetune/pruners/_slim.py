@@ -105,11 +105,15 @@ def _train_masks(
     return [m.detach().abs() for m in heads], [m.detach().abs() for m in neurons]
 
 
-def _check_options(steps: int, l1: float, lr: float) -> None:
-    if steps < 1:
-        raise ConfigError(f"`steps >= 1` must hold, but got steps={steps}")
-    if l1 < 0 or lr <= 0:
-        raise ConfigError(f"`l1 >= 0` and `lr > 0` must hold, but got l1={l1}, lr={lr}")
+class _MaskOptions:
+    """``steps``, ``l1`` and ``lr`` of a mask-training criterion, checked."""
+
+    def __init__(self, steps: int, l1: float, lr: float):
+        if steps < 1:
+            raise ConfigError(f"`steps >= 1` must hold, but got steps={steps}")
+        if l1 < 0 or lr <= 0:
+            raise ConfigError(f"`l1 >= 0` and `lr > 0` must hold, but got l1={l1}, lr={lr}")
+        self.steps, self.l1, self.lr = steps, l1, lr
 
 
 def _unit_scores(name: str, heads: list, neurons: list) -> SaliencyScores:
@@ -118,7 +122,7 @@ def _unit_scores(name: str, heads: list, neurons: list) -> SaliencyScores:
 
 
 @register_saliency("learned_mask")
-class LearnedMask:
+class LearnedMask(_MaskOptions):
     """ViT-Slim soft masks on heads and MLP neurons, trained under a global L1 penalty.
 
     Args:
@@ -128,8 +132,7 @@ class LearnedMask:
     """
 
     def __init__(self, steps: int = 40, l1: float = 2e-3, lr: float = 0.02):
-        _check_options(steps, l1, lr)
-        self.steps, self.l1, self.lr = steps, l1, lr
+        super().__init__(steps, l1, lr)
 
     def masks(self, model, batches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The trained (head masks, neuron masks) per block, as |mask|."""
@@ -141,7 +144,7 @@ class LearnedMask:
 
 
 @register_saliency("xpruner")
-class XPruner:
+class XPruner(_MaskOptions):
     """X-Pruner's explainability-aware masks: one soft mask per class and unit, trained end to end.
 
     X-Pruner (Yu and Xiang, "X-Pruner: eXplainable Pruning for Vision Transformers", CVPR 2023)
@@ -164,8 +167,7 @@ class XPruner:
     """
 
     def __init__(self, steps: int = 40, l1: float = 5e-4, lr: float = 0.02):
-        _check_options(steps, l1, lr)
-        self.steps, self.l1, self.lr = steps, l1, lr
+        super().__init__(steps, l1, lr)
 
     def masks(self, model, batches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The trained class-wise (head masks, neuron masks) per block: (classes, units), |mask|."""

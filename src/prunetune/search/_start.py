@@ -156,6 +156,16 @@ def _score(ev, proxy, params: dict, scores) -> float:
     return float(proxy.score(prune(ev.base.model, config, scores=scores)))
 
 
+def _cost(ev, params: dict) -> float | None:
+    """The budget metric's cost of ``params`` as sampled (no repair), or None if they do not
+    make a valid configuration."""
+    try:
+        config: PruningConfig = ev.space.to_config(params)
+    except (ConfigError, InfeasibleConfigError):
+        return None
+    return cost_of(config, ev.arch, ev.budget.metric, ev.latency_model)
+
+
 def sensitivity_params(ev, widths_only: bool = False) -> dict[str, Any] | None:
     """The sensitivity configuration at the budget (``fastnas`` with ``widths_only``; see the
     module docstring), or None when the space has no count-mode widths or no threshold fits
@@ -170,23 +180,16 @@ def sensitivity_params(ev, widths_only: bool = False) -> dict[str, Any] | None:
             out[name] = next((v for v, s in row if s >= threshold), row[-1][0])
         return out
 
-    def cost(params: dict) -> float | None:
-        try:
-            config: PruningConfig = ev.space.to_config(params)
-        except (ConfigError, InfeasibleConfigError):
-            return None
-        return cost_of(config, ev.arch, ev.budget.metric, ev.latency_model)
-
     all_scores = sorted({s for row in table.values() for _, s in row})
     if not all_scores:
         return None
     lo, hi = all_scores[0] - 1.0, all_scores[-1]  # pick(lo) is the cheapest, pick(hi) dense
-    low_cost = cost(pick(lo))
+    low_cost = _cost(ev, pick(lo))
     if low_cost is None or low_cost > ev.budget.limit:
         return None
     for _ in range(40):  # the highest threshold whose picks fit the budget
         mid = (lo + hi) / 2
-        c = cost(pick(mid))
+        c = _cost(ev, pick(mid))
         if c is not None and c <= ev.budget.limit:
             lo = mid
         else:
@@ -231,21 +234,14 @@ def slim_params(ev) -> dict[str, Any] | None:
                 out[m] = _at_least(dims[m], kept / arch.mlp_hidden)
         return out
 
-    def cost(params: dict) -> float | None:
-        try:
-            config: PruningConfig = ev.space.to_config(params)
-        except (ConfigError, InfeasibleConfigError):
-            return None
-        return cost_of(config, ev.arch, ev.budget.metric, ev.latency_model)
-
     values = torch.cat([*scores.heads, *scores.mlp]).double()
     lo, hi = float(values.min()) - 1.0, float(values.max()) + 1.0  # pick(hi): 1 unit each
-    top = cost(pick(float("inf")))
+    top = _cost(ev, pick(float("inf")))
     if top is None or top > ev.budget.limit:
         return None
     for _ in range(40):  # the lowest threshold (most units kept) whose picks fit the budget
         mid = (lo + hi) / 2
-        c = cost(pick(mid))
+        c = _cost(ev, pick(mid))
         if c is not None and c <= ev.budget.limit:
             hi = mid
         else:

@@ -14,7 +14,7 @@ from ...registry import TOKEN_MODES
 from .._tokens import ReductionStep, TokenContext, gather_tokens, kept_tokens
 from ._base import TokenMode
 
-__all__ = ["MergeMode", "merge_rounds"]
+__all__ = ["MergeMode", "merge_rounds", "proportional_attention"]
 
 
 def merge_rounds(p: int, r: int) -> list[tuple[int, int]]:
@@ -76,6 +76,11 @@ class MergeMode(TokenMode):
         return torch.cat([x[:, :pre], xs], dim=1)
 
     def attn_bias(self, ctx: TokenContext, x: torch.Tensor) -> torch.Tensor | None:
-        if ctx.sizes is None:
-            return None
-        return ctx.sizes.log().transpose(1, 2).unsqueeze(1).to(x.dtype)  # (B, 1, 1, N)
+        return proportional_attention(ctx, x)
+
+
+def proportional_attention(ctx: TokenContext, x: torch.Tensor) -> torch.Tensor | None:
+    """ToMe's proportional attention: log token sizes added to the attention logits."""
+    if ctx.sizes is None:
+        return None
+    return ctx.sizes.log().transpose(1, 2).unsqueeze(1).to(x.dtype)  # (B, 1, 1, N)

@@ -36,6 +36,7 @@ from ...errors import ConfigError
 from ...registry import TOKEN_MODES
 from .._tokens import TokenContext, kept_tokens
 from ._base import TokenMode
+from .merge import proportional_attention
 
 __all__ = ["SpatialMergeMode", "near_square", "grid_of"]
 
@@ -127,6 +128,4 @@ class SpatialMergeMode(TokenMode):
         return torch.cat([x[:, :pre], grid.reshape(b, -1, c)], dim=1)
 
     def attn_bias(self, ctx: TokenContext, x: torch.Tensor) -> torch.Tensor | None:
-        if ctx.sizes is None:
-            return None
-        return ctx.sizes.log().transpose(1, 2).unsqueeze(1).to(x.dtype)  # (B, 1, 1, N)
+        return proportional_attention(ctx, x)
