@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--tasks", type=lambda s: s.split(","), default=list(TASKS))
     p.add_argument("--criteria", type=lambda s: s.split(","), default=list(CRITERIA))
     p.add_argument("--modes", type=lambda s: s.split(","), default=list(TOKEN_MODES))
+    p.add_argument("--shapes", type=lambda s: s.split(","), default=list(SHAPES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args()
@@ -73,7 +74,8 @@ def main() -> None:
             t0 = time.process_time()
             scores = ev.scores(crit)
             cpu = time.process_time() - t0
-            for shape, kw in SHAPES.items():
+            for shape in a.shapes:
+                kw = SHAPES[shape]
                 blocks = tuple(BlockConfig(**kw) for _ in range(ev.arch.depth))
                 config = PruningConfig(ev.base.spec, blocks, criterion=crit)
                 model = prune(ev.base.model, config, scores=scores)
@@ -119,7 +121,7 @@ def main() -> None:
                 f"{r['mode']:<16} {r['macs_ratio']:>7.3f} {100 * r['zero_shot_val']:>11.2f} "
                 f"{r['tier_a']:>8.3f} {100 * r['tier_b_val']:>9.2f}"
             )
-        cpu = ", ".join(f"{r['criterion']} {r['scores_cpu_s']}" for r in rows[:: len(SHAPES)])
+        cpu = ", ".join(f"{r['criterion']} {r['scores_cpu_s']}" for r in rows[:: len(a.shapes)])
         print(f"scoring CPU s: {cpu}")
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "criteria.json"
