@@ -110,7 +110,7 @@ def _comparable(files: dict[str, bytes]) -> dict[str, object]:
             return header.get("__metadata__"), tensors
         if name.endswith("export.json"):
             info = json.loads(data)
-            for key in ("reproduce", "trial"):
+            for key in ("reproduce", "trial", "artifact"):  # "artifact": a new id per upload
                 info.pop(key, None)
             if info.get("final"):
                 info["final"] = {k: v for k, v in info["final"].items() if k != "trial"}
@@ -203,11 +203,15 @@ def test_kill_during_search_then_resume(reference, tmp_path, fault):
     killed = _search(tmp_path, fault)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     study = load_study(sqlite_url(tmp_path / "s.db"), "crash")
+    tuned = {k: v for k, v in study.user_attrs.items() if k.startswith("final_")}
     if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         time.sleep(GRACE + 0.5)  # until the dead trial's heartbeat is stale
     resumed = _search(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _check_study(tmp_path, reference)
+    after = load_study(sqlite_url(tmp_path / "s.db"), "crash").user_attrs
+    # members tuned before the kill keep their result and their uploaded weights (artifact_id)
+    assert {k: after[k] for k in tuned} == tuned
     exp = _export(tmp_path, tmp_path / "out")
     assert exp.returncode == 0, exp.stderr[-3000:]
     assert _comparable(_files(tmp_path / "out")) == reference["files"]

@@ -317,6 +317,8 @@ def test_bad_hf_folders_are_one_line_errors(tmp_path, capsys):
             ModelSpec(f"hf:{folder}")
         code, _, err = run(["info", "--model", f"hf:{folder}"], capsys)
         assert_usage_error(code, err, needle)
+    code, _, err = run(["info", "--model", "hf:"], capsys)
+    assert_usage_error(code, err, "hf: needs a folder")
 
 
 def test_a_model_built_outside_prunetune_is_asked_to_return_logits():

@@ -95,6 +95,9 @@ def check_readable(study: optuna.Study, n_trials: int, fraction: float = 0.5) ->
         assert config.width_mode == "count"
         assert estimate_cost(config, ARCH).macs == a["macs"] == t.values[1]
         assert a["macs"] <= limit and a["constraint"][0] <= 0
+        # the budget as Optuna's constraint, also in the list optuna-dashboard reads
+        assert t.system_attrs["constraints"] == [a["constraint"][0]]
+        assert a["constraint"][0] == pytest.approx(a["macs"] - limit)
         assert a["flops"] == 2 * a["macs"]
         rec = TrialRecord.of(t)
         assert [r.tier for r in rec.tiers] == ["a", "b"] and rec.stopped is None
@@ -118,10 +121,11 @@ def check_report(storage: str, study: str, out: Path, capsys, budget: str = "flo
     png = (out / "pareto.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     page = (out / "pareto.html").read_text()
-    assert "data:image/png;base64," in page and "<pre>" in page
+    assert "data:image/png;base64," in page and "Plotly.newPlot(" in page
     md = (out / "report.md").read_text()
     assert f"study `{study}`" in md and f"`{budget}`" in md
-    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    table = md.split("## Configurations", 1)[0]  # the trials table (per-block tables follow)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
     with_attrs = [t for t in load_study(storage, study).trials if "macs" in t.user_attrs]
     assert len(rows) == len(with_attrs) > 0
 
@@ -512,7 +516,13 @@ def test_optuna_backend_study_is_readable(optuna_run, tmp_path, capsys):
     for n, final in res.finals.items():
         assert study.user_attrs[f"final_{n}"] == final
         assert 0.0 <= final["val_accuracy"] <= 1.0 and final["epochs"] == TINY["final_epochs"]
-        assert (Path(kw["artifacts"]) / f"trial_{n}" / "model.safetensors").is_file()
+        # the weights are an artifact of the study in the default store, named for the trial
+        artifact_id = final["artifact_id"]
+        metas = {m.artifact_id: m for m in optuna.artifacts.get_all_artifact_meta(study)}
+        assert metas[artifact_id].filename == f"trial_{n}-model.safetensors"
+        store = optuna.artifacts.FileSystemArtifactStore(Path(kw["artifacts"]) / "optuna-artifacts")
+        with store.open_reader(artifact_id) as f:
+            assert f.read(8)  # the safetensors header length: the file is there
     check_report(kw["storage"], kw["study"], tmp_path / "report", capsys)
 
 
@@ -829,6 +839,63 @@ def test_export_round_trip_reproduces_the_model(
     x = torch.cat([xb for xb, _ in val])
     with torch.no_grad():
         torch.testing.assert_close(reproduced(x), exported(x), atol=1e-4, rtol=0)
+
+
+def test_export_for_deployment_from_another_folder(
+    optuna_run, tmp_path, capsys, monkeypatch, digits_base
+):
+    """--format onnx,pt2 beside the weights of every exported member, run here on real images."""
+    pytest.importorskip("onnxruntime")
+    from prunetune.deploy import onnx_session
+
+    url, name = optuna_run["kw"]["storage"], optuna_run["kw"]["study"]
+    monkeypatch.chdir(tmp_path)
+    argv = ["export", "--storage", url, "--study", name, "--out", "dep", "--front"]
+    code, out, err = run([*argv, "--format", "onnx,pt2"], capsys)
+    assert code == 0, err
+    assert "wrote dep/model.onnx: max abs diff vs PyTorch" in out
+    members = [tmp_path / "dep", *sorted((tmp_path / "dep" / "front").iterdir())]
+    x = torch.cat([xb for xb, _ in digits_base.val_batches()])
+    for d in members:
+        info = json.loads((d / "export.json").read_text())
+        assert set(info["deploy"]) == {"onnx", "pt2"}
+        assert all(v["max_abs_diff"] <= 1e-4 for v in info["deploy"].values())
+        card = json.loads((d / "config.json").read_text())
+        assert card["pretrained_cfg"]["input_size"] == [1, 16, 16]
+        assert card["pretrained_cfg"]["mean"] == [0.5] and card["num_classes"] == 10
+        assert len(card["block_shapes"]) == digits_base.arch.depth
+        model = load_pruned(d).eval()  # the card does not stop the config loading
+        sess = onnx_session(d / "model.onnx")
+        logits = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+        with torch.no_grad():
+            ref = model(x)
+            torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+            prog = torch.export.load(str(d / "model.pt2")).module()
+            torch.testing.assert_close(prog(x), ref, atol=1e-4, rtol=0)
+        if info["final"]:  # the deployed model scores what the Pareto stage measured
+            y = torch.cat([yb for _, yb in digits_base.val_batches()])
+            acc = (logits.argmax(1) == y).float().mean().item()
+            assert acc == pytest.approx(info["final"]["val_accuracy"])
+
+
+def test_export_format_errors_are_one_line_and_write_nothing(optuna_run, tmp_path, capsys):
+    import sys
+
+    url, name = optuna_run["kw"]["storage"], optuna_run["kw"]["study"]
+    argv = ["export", "--storage", url, "--study", name, "--out", str(tmp_path / "x")]
+    code, _, err = run([*argv, "--format", "tflite"], capsys)
+    assert_usage_error(code, err, "unknown export format 'tflite'", "onnx")
+    saved = sys.modules.get("onnxruntime")
+    sys.modules["onnxruntime"] = None  # import fails as when it is not installed
+    try:
+        code, _, err = run([*argv, "--format", "onnx"], capsys)
+    finally:
+        if saved is None:
+            del sys.modules["onnxruntime"]
+        else:
+            sys.modules["onnxruntime"] = saved
+    assert_usage_error(code, err, "needs onnxruntime", "prunetune[deploy]")
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_over_an_export_replaces_it_whole(optuna_run, tmp_path, capsys):

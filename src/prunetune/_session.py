@@ -174,6 +174,42 @@ def resolve_preprocessing(
     return Preprocessing(data_config, in_chans, source)
 
 
+_BUILTIN_SOURCES = {
+    "digits": "scikit-learn digits, 8x8 upsampled",
+    "photos": "scikit-image photographs, 32x32 patches",
+}
+
+
+def deployment_preprocessing(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: str | None = None,
+    mean=None,
+    std=None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> dict:
+    """What a deployment does to an image before the model, in timm's keys.
+
+    ``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct`` (and ``crop_mode``); for
+    the built-in data, which ships as tensors, the scaling (x - 0.5) / 0.5 and where the
+    images came from.
+    """
+    in_chans = family_for(spec.name).stem(model).in_chans  # the model may be pruned
+    if data is None and spec.name in BUILTIN_MODELS:
+        data = BUILTIN_MODELS[spec.name][1]
+    if data in BUILTIN_DATA:
+        return {
+            "input_size": list(input_shape(model)),
+            "mean": [0.5] * in_chans,
+            "std": [0.5] * in_chans,
+            "source": _BUILTIN_SOURCES[data] + ", in [0, 1]",
+        }
+    c = resolve_preprocessing(model, spec, in_chans, mean, std, interpolation, crop_pct).data_config
+    keep = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+    return {k: list(c[k]) if isinstance(c[k], tuple) else c[k] for k in keep if k in c}
+
+
 def load_base(
     spec: ModelSpec,
     checkpoint: str | Path | None = None,
@@ -233,12 +269,8 @@ def load_base(
         root=data_root,
     )
     if data in BUILTIN_DATA:
-        source = {
-            "digits": "scikit-learn digits, 8x8 upsampled",
-            "photos": "scikit-image photographs, 32x32 patches",
-        }[data]
         pre = Preprocessing(
-            {"builtin": f"{source}, (x - 0.5) / 0.5"},
+            {"builtin": f"{_BUILTIN_SOURCES[data]}, (x - 0.5) / 0.5"},
             arch.in_chans,
             "built in",
         )

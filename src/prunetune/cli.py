@@ -133,7 +133,7 @@ def _spec_for(args, config=None):
 
 def cmd_info(args) -> int:
     from .config import PruningConfig
-    from .evaluators import estimate_cost, format_macs
+    from .evaluators import BLOCK_TABLE_HEADER, block_table, estimate_cost, format_macs
     from .models import ViTArch
 
     config = PruningConfig.load(args.config) if args.config else None
@@ -145,24 +145,11 @@ def cmd_info(args) -> int:
             "info needs a count-mode config; `prunetune prune` resolves thresholds"
         )
     cost = estimate_cost(config, arch)
-    rows = [
-        [
-            b.index,
-            "yes" if b.kept else "dropped",
-            b.tokens if b.kept else "-",
-            b.heads,
-            b.mlp,
-            config.blocks[b.index].sparsity,
-            _m(b.macs),
-            _m(b.params),
-        ]
-        for b in cost.blocks
-    ]
     print(
         f"model {spec.name} {spec.kwargs or ''}: depth {arch.depth}, dim {arch.embed_dim}, "
         f"{arch.num_heads} heads x {arch.head_dim}, MLP {arch.mlp_hidden}, {arch.num_tokens} tokens"
     )
-    print(_table(rows, ["block", "kept", "tokens", "heads", "mlp", "sparsity", "MMACs", "Mparams"]))
+    print(_table(block_table(config, arch), list(BLOCK_TABLE_HEADER)))
     print(
         f"total: {format_macs(cost.macs)}, {cost.params:,} params ({cost.nonzero_params:,} "
         f"non-zero)"
@@ -327,6 +314,7 @@ _SEARCH_FIELDS = (
     "final_epochs",
     "front_max",
     "artifacts",
+    "artifact_store",
     "latency_batch",
     "measure_latency",
     "grace_period",
@@ -463,8 +451,11 @@ def cmd_search(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .deploy import check_formats, parse_formats
     from .search import export, load_study
 
+    formats = parse_formats(args.format)
+    check_formats(formats)
     out = prepare_out(args.out, args.overwrite)
     infos = export(
         load_study(args.storage, args.study),
@@ -472,6 +463,8 @@ def cmd_export(args) -> int:
         whole_front=args.front,
         partial=args.partial,
         untuned=args.untuned,
+        artifact_store=args.artifact_store,
+        formats=formats,
     )
     best = infos[0]
     f = best["final"]
@@ -493,6 +486,11 @@ def cmd_export(args) -> int:
         f"wrote {out}/config.json, {out}/model.safetensors, {out}/export.json"
         + (f" and {len(infos) - 1} front members under {out}/front/" if args.front else "")
     )
+    for d in best["deploy"].values():
+        print(
+            f"wrote {out}/{d['file']}: max abs diff vs PyTorch {d['max_abs_diff']:.1e} "
+            f"({d['checked_with']})"
+        )
     if best.get("reproduce"):
         print(f"reproduce: {best['reproduce']}")
     return 0
@@ -503,11 +501,15 @@ def cmd_report(args) -> int:
 
     if not str(args.out).strip():
         raise PrunetuneError("--out is empty; name the report folder, e.g. --out prunetune-report")
+    prepare_out(args.out, overwrite=True, what="report folder")  # a bad --out fails before work
     study = load_study(args.storage, args.study)
     settings_of(study)  # a study prunetune did not make has nothing to report
     out = write_report(study, args.out)
     if not args.quiet:
-        print(f"wrote {out}/pareto.png, {out}/pareto.html and {out}/report.md")
+        print(
+            f"wrote {out}/pareto.html (interactive, works offline), {out}/pareto.png and "
+            f"{out}/report.md"
+        )
     return 0
 
 
@@ -515,15 +517,27 @@ def cmd_dashboard(args) -> int:
     from optuna_dashboard import run_server
 
     from .search import load_study, make_storage
+    from .search._artifacts import open_store
+    from .search._export import study_store
 
     _check_bindable(args.host, args.port)  # a busy port fails before the storage is opened
     study = load_study(args.storage, args.study)  # fail early with a clear message
+    spec = args.artifact_store
+    if spec is None and study.user_attrs.get("settings") is not None:  # made by prunetune
+        spec = study_store(study)
+    store = open_store(spec, must_exist=args.artifact_store is not None) if spec else None
     print(
         f"optuna-dashboard for study {study.study_name} at http://{args.host}:{args.port}/ "
-        f"(Ctrl-C to stop)"
+        + (f"with the weights in {spec} " if spec else "")
+        + "(Ctrl-C to stop)"
     )
     try:
-        run_server(make_storage(args.storage, heartbeat=False), host=args.host, port=args.port)
+        run_server(
+            make_storage(args.storage, heartbeat=False),
+            host=args.host,
+            port=args.port,
+            artifact_store=store,
+        )
     except OSError as e:  # the port was taken between the check and the start
         raise PrunetuneError(
             f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); pass another --port"
@@ -837,7 +851,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--artifacts",
         type=_folder,
-        help="where Pareto-stage weights go (default: beside the SQLite file)",
+        help="folder of settings.yaml, Ray's files and the default --artifact-store "
+        "(default: prunetune-artifacts/<study> beside the SQLite file)",
+    )
+    s.add_argument(
+        "--artifact-store",
+        metavar="STORE",
+        help="Optuna artifact store of the Pareto-stage weights: a folder (shared by a "
+        "cluster's machines) or s3://bucket[/prefix] (needs boto3; AWS_ENDPOINT_URL for an "
+        "S3-compatible server) (default: <artifacts>/optuna-artifacts)",
     )
     s.add_argument(
         "--latency-batch",
@@ -871,6 +893,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export pruned, untuned weights where the Pareto-stage weights are missing (labelled)",
     )
+    s.add_argument(
+        "--artifact-store",
+        metavar="STORE",
+        help="read the Pareto-stage weights from this store (a folder, e.g. a copy, or "
+        "s3://bucket[/prefix]) instead of the one the study records",
+    )
+    s.add_argument(
+        "--format",
+        metavar="F[,F]",
+        help="also write deployment files, each checked against PyTorch: onnx (model.onnx, run "
+        "with onnxruntime; needs prunetune[deploy]), pt2 (model.pt2, torch.export)",
+    )
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("report", help="Pareto plot (PNG, HTML) and Markdown table of a study")
@@ -883,6 +917,11 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(s)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default localhost only)")
     s.add_argument("--port", type=_port, default=8080)
+    s.add_argument(
+        "--artifact-store",
+        metavar="STORE",
+        help="show the Pareto-stage weights from this store instead of the one the study records",
+    )
     s.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("train-default", help="retrain a built-in model (default: digits_vit)")

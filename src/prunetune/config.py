@@ -92,6 +92,9 @@ class BlockConfig:
 
 _BLOCK_KEYS = {f for f in BlockConfig.__dataclass_fields__}
 _TOP_KEYS = {"schema_version", "model", "criterion", "width_mode", "token_mode", "blocks"}
+#: timm-style model-card keys an export writes beside the config (prunetune.deploy.model_card);
+#: read past, never used to build the model
+_CARD_KEYS = {"architecture", "num_classes", "num_features", "pretrained_cfg", "block_shapes"}
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,7 @@ class PruningConfig:
     def from_dict(cls, d: Any) -> PruningConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a pruning config must be a mapping, but got {type(d).__name__}")
-        unknown = set(d) - _TOP_KEYS
+        unknown = set(d) - _TOP_KEYS - _CARD_KEYS
         if unknown:
             raise ConfigError(
                 f"unknown config keys {sorted(unknown, key=str)}; allowed: {sorted(_TOP_KEYS)}"

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from ._accuracy import AccuracyResult, evaluate_accuracy
-from ._cost import BlockCost, Cost, count_params, estimate_cost, format_macs, measure_macs
+from ._cost import (
+    BLOCK_TABLE_HEADER,
+    BlockCost,
+    Cost,
+    block_table,
+    count_params,
+    estimate_cost,
+    format_macs,
+    measure_macs,
+)
 from ._finetune import TeacherCache, distillation_loss, finetune
 from ._latency import LatencyResult, measure_latency
 from ._latency_table import LatencyTable
@@ -19,6 +28,8 @@ from ._tiers import TierResult, Tiers, gate_passes, tier_label
 
 __all__ = [
     "AccuracyResult",
+    "BLOCK_TABLE_HEADER",
+    "block_table",
     "BlockCost",
     "Cost",
     "LatencyResult",

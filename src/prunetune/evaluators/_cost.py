@@ -17,7 +17,16 @@ from ..config import PruningConfig
 from ..models import ViTArch
 from ..registry import TOKEN_MODES
 
-__all__ = ["Cost", "BlockCost", "estimate_cost", "measure_macs", "count_params", "format_macs"]
+__all__ = [
+    "BLOCK_TABLE_HEADER",
+    "BlockCost",
+    "Cost",
+    "block_table",
+    "count_params",
+    "estimate_cost",
+    "format_macs",
+    "measure_macs",
+]
 
 
 @dataclass(frozen=True)
@@ -156,3 +165,56 @@ def format_macs(macs: int) -> str:
         if macs >= div:
             return f"{macs / div:.4g} {unit}MACs ({2 * macs / div:.4g} {unit}FLOPs)"
     return f"{macs} MACs ({2 * macs} FLOPs)"
+
+
+#: Columns of :func:`block_table`.
+BLOCK_TABLE_HEADER = (
+    "block",
+    "kept",
+    "token keep",
+    "tokens",
+    "heads",
+    "mlp",
+    "sparsity",
+    "MMACs",
+    "Mparams",
+)
+
+
+def block_table(config: PruningConfig, arch: ViTArch | None) -> list[tuple[str, ...]]:
+    """One row of text per block of a count-mode ``config`` (columns :data:`BLOCK_TABLE_HEADER`).
+
+    What ``prunetune info`` and ``prunetune report`` show. ``tokens`` are the tokens the block
+    processes and ``token keep`` the fraction of patch tokens kept from the block on. Without
+    ``arch`` (the base model cannot be built here), the rows come from the config alone: widths
+    it leaves at the dense size read ``all`` and tokens, MACs and params ``-``.
+    """
+    if arch is None:
+        return [
+            (
+                str(i),
+                "yes" if b.keep else "dropped",
+                f"{b.token_keep:g}" if b.keep else "-",
+                "-",
+                (str(b.heads) if b.heads else "all") if b.keep else "0",
+                (str(b.mlp) if b.mlp else "all") if b.keep else "0",
+                f"{b.sparsity:g}",
+                "-",
+                "-",
+            )
+            for i, b in enumerate(config.blocks)
+        ]
+    return [
+        (
+            str(b.index),
+            "yes" if b.kept else "dropped",
+            f"{config.blocks[b.index].token_keep:g}" if b.kept else "-",
+            str(b.tokens) if b.kept else "-",
+            str(b.heads),
+            str(b.mlp),
+            f"{config.blocks[b.index].sparsity:g}",
+            f"{b.macs / 1e6:.3f}",
+            f"{b.params / 1e6:.3f}",
+        )
+        for b in estimate_cost(config, arch).blocks
+    ]

@@ -49,6 +49,10 @@ def _transformers():
 
 
 def _folder(name: str) -> Path:
+    if not name[len(PREFIX) :].strip():
+        raise UnsupportedModelError(
+            "hf: needs a folder: pass hf:DIR with the folder that holds the model's config.json"
+        )
     return Path(name[len(PREFIX) :])
 
 

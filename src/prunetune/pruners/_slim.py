@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..families import family_of
-from ..models import ViTArch
 from ._saliency import SaliencyScores, _device, _need_batches, register_saliency
 
 __all__ = ["LearnedMask", "XPruner"]
@@ -172,7 +171,7 @@ class XPruner(_MaskOptions):
     def masks(self, model, batches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The trained class-wise (head masks, neuron masks) per block: (classes, units), |mask|."""
         _need_batches(batches, self.name)
-        classes = ViTArch.from_model(model).num_classes
+        classes = family_of(model).stem(model).num_classes
         return _train_masks(model, list(batches), self.steps, self.l1, self.lr, classes)
 
     def scores(self, model, batches):

@@ -13,12 +13,20 @@ from .._io import atomic_dir
 from ..config import PruningConfig
 from ..errors import PrunetuneError
 from ..pruners import compute_scores, prune
+from ._artifacts import fetch_weights, open_store, stored_weights
 from ._record import TrialRecord, final_of, study_entry
 from ._select import best_trial, pareto_front
 from ._settings import SearchSettings, settings_of
 from ._study import trial_counts
 
-__all__ = ["export", "study_status"]
+__all__ = ["export", "study_status", "study_store"]
+
+
+def study_store(study: optuna.Study) -> str:
+    """The artifact store holding a study's Pareto-stage weights: the one its Pareto stage
+    wrote to, else the one its settings name."""
+    stage = study_entry(study, "pareto_stage") or {}
+    return stage.get("artifact_store") or settings_of(study).store_spec()
 
 
 def study_status(study: optuna.Study) -> dict:
@@ -73,13 +81,17 @@ def _export_one(
     dest: Path,
     final_dir: Path,
     untuned: bool,
+    store: tuple,
     evaluator=None,
 ) -> dict:
-    """Writes one member into ``dest`` (a temporary folder that becomes ``final_dir``)."""
+    """Writes one member into ``dest`` (a temporary folder that becomes ``final_dir``).
+
+    ``store`` is ``(spec, artifact store)``, where the member's Pareto-stage weights are.
+    """
     from .._pruned import CONFIG_FILE, WEIGHTS_FILE, save_pruned
 
+    spec, artifact_store = store
     final = final_of(study, t.number)
-    art = settings.artifacts_dir() / f"trial_{t.number}"
     rec = TrialRecord.of(t)
     config = PruningConfig.from_dict(rec.config)
     info = {
@@ -90,12 +102,20 @@ def _export_one(
         "params": rec.params,
         "tiers": {r.tier: r.to_dict() for r in rec.tiers},
         "proxy_accuracy": t.values[0],
-        "final": final,
+        "final": final and {k: v for k, v in final.items() if k != "artifact_id"},
         "budget": study_entry(study, "budget"),
         "dense": study_entry(study, "dense"),
     }
-    if final and (art / WEIGHTS_FILE).is_file():
-        shutil.copyfile(art / WEIGHTS_FILE, dest / WEIGHTS_FILE)
+    meta = stored_weights(study, artifact_store, spec, t.number) if final else None
+    # a study made before the artifact store kept its weights in the artifacts folder
+    legacy = settings.artifacts_dir() / f"trial_{t.number}" / WEIGHTS_FILE
+    if meta is not None or (final and "artifact_id" not in final and legacy.is_file()):
+        if meta is not None:
+            fetch_weights(artifact_store, spec, meta.artifact_id, dest / WEIGHTS_FILE)
+            info["artifact"] = {"store": spec, "artifact_id": meta.artifact_id}
+        else:
+            shutil.copyfile(legacy, dest / WEIGHTS_FILE)
+            info["artifact"] = {"file": str(legacy)}
         (dest / CONFIG_FILE).write_text(config.to_json())
         info["weights"] = (
             f"fine-tuned for {final['epochs']:g} epochs with distillation (Pareto stage)"
@@ -104,9 +124,9 @@ def _export_one(
     else:
         if final and not untuned:
             raise PrunetuneError(
-                f"the Pareto-stage weights of trial {t.number} are missing "
-                f"({art / WEIGHTS_FILE}); copy the "
-                f"artifacts folder there, or pass --untuned to export pruned weights without "
+                f"the Pareto-stage weights of trial {t.number} are missing from the artifact "
+                f"store {spec} (artifact {final.get('artifact_id')}); pass --artifact-store "
+                f"with where the store is now, or --untuned to export pruned weights without "
                 f"fine-tuning"
             )
         dense, scores = _dense_and_scores(settings, config.criterion, evaluator)
@@ -122,6 +142,29 @@ def _export_one(
     config_path = shlex.quote(str((final_dir / CONFIG_FILE).resolve()))
     info["reproduce"] = _reproduce(settings, config_path) if info["tuned"] else None
     return info
+
+
+def _deployment_files(dest: Path, settings: SearchSettings, formats: tuple[str, ...]) -> dict:
+    """Adds the model card to ``dest/config.json`` and writes the deployment ``formats``."""
+    from .._pruned import CONFIG_FILE, load_pruned
+    from .._session import deployment_preprocessing
+    from ..deploy import model_card, write_deploy
+    from ..models import ViTArch
+
+    model = load_pruned(dest).eval()
+    config = model.pruning_config
+    pre = deployment_preprocessing(
+        model,
+        config.model,
+        settings.data,
+        settings.mean,
+        settings.std,
+        settings.interpolation,
+        settings.crop_pct,
+    )
+    card = model_card(config, pre, ViTArch.from_spec(config.model))
+    (dest / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), **card}, indent=2) + "\n")
+    return write_deploy(model, dest, formats)
 
 
 def _dense_and_scores(settings: SearchSettings, criterion: str, evaluator=None):
@@ -158,6 +201,8 @@ def export(
     evaluator=None,
     partial: bool = False,
     untuned: bool = False,
+    artifact_store: str | None = None,
+    formats: tuple[str, ...] = (),
 ) -> list[dict]:
     """Writes the best under-budget trial (and with ``whole_front`` every front member) to ``out``.
 
@@ -169,7 +214,16 @@ def export(
             ``export.json``); refused otherwise.
         untuned: Export pruned, untuned weights for a member whose Pareto-stage weights are
             missing (labelled); refused otherwise.
+        artifact_store: Read the weights from this store (a folder or ``s3://bucket/prefix``)
+            instead of the one the study records (:func:`study_store`), e.g. a copied folder.
+        formats: Deployment formats written beside the weights (``onnx``, ``pt2``; see
+            :mod:`prunetune.deploy`), each checked against PyTorch. Every export's
+            ``config.json`` also carries a timm-style model card (preprocessing, per-block
+            shapes).
     """
+    from ..deploy import check_formats
+
+    check_formats(formats)
     settings = settings_of(study)
     status = study_status(study)
     if not status["complete"] and not partial:
@@ -183,6 +237,8 @@ def export(
         raise PrunetuneError(
             f"study {study.study_name!r} has no completed under-budget trial to export yet"
         )
+    spec = artifact_store or study_store(study)
+    store = (spec, open_store(spec, must_exist=artifact_store is not None))
     out = Path(out)
     infos = []
     with atomic_dir(out) as tmp:
@@ -192,8 +248,9 @@ def export(
         for t, dest in members:
             dest.mkdir(parents=True, exist_ok=True)
             info = _export_one(
-                study, t, settings, dest, out / dest.relative_to(tmp), untuned, evaluator
+                study, t, settings, dest, out / dest.relative_to(tmp), untuned, store, evaluator
             )
+            info["deploy"] = _deployment_files(dest, settings, formats)
             if not status["complete"]:
                 info["partial"] = f"exported from an unfinished study: {_incomplete_reason(status)}"
             (dest / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

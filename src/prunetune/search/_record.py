@@ -123,6 +123,14 @@ class TrialRecord:
             trial.set_user_attr(k, v)
         if self.constraint is not None:
             trial.set_constraint("budget", self.constraint)  # <= 0: feasible
+            # optuna-dashboard (0.21) reads only the list under "constraints", Optuna's older
+            # format, which Optuna still reads too: the same value there makes the dashboard
+            # show the budget on every trial (Optuna then sees two equal constraints)
+            storage = trial.storage
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(trial.study.study_name), trial.number
+            )
+            storage.set_trial_system_attr(trial_id, "constraints", [self.constraint])
 
 
 # --- study-level entries ---------------------------------------------------------------------

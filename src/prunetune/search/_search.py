@@ -19,6 +19,7 @@ from ..errors import PrunetuneError
 from ..models import resolve_model_spec
 from ..registry import BACKENDS, BUDGET_METRICS
 from ..spaces import load_space
+from ._artifacts import check_store
 from ._budget import Budget
 from ._evaluate import Evaluator
 from ._pareto import run_pareto_stage
@@ -153,6 +154,7 @@ def search(
     space = load_space(resolve_model_spec(settings.model), settings.space)  # fails before the study
     check_writable(settings.storage)
     backend.check(settings)
+    check_store(settings.store_spec(), writes=settings.run_final)
     existing = find_study(settings.storage, settings.study)  # creates nothing
     if existing is not None:
         _check_resume(existing, settings)  # before the expensive loading below

@@ -19,6 +19,7 @@ from ..evaluators import tier_label
 from ..families.hf_vit import PREFIX as HF_PREFIX
 from ..models import INTERPOLATIONS
 from ..registry import BACKENDS, PROXIES, SAMPLERS
+from ._artifacts import STORE_FOLDER, parse_store
 from ._budget import parse_budget
 from ._study import DEFAULT_STORAGE, default_study_name
 from ._study import _sqlite_path as sqlite_path
@@ -161,6 +162,7 @@ class SearchSettings:
     front_max: int = 4
     run_final: bool = True
     artifacts: str | None = None
+    artifact_store: str | None = None
     latency_batch: int = 64
     measure_latency: bool = False
     refresh_latency_table: bool = False
@@ -250,12 +252,15 @@ class SearchSettings:
             "data_root",
             "space",
             "artifacts",
+            "artifact_store",
             "device",
             "address",
         ):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 raise _bad(f"{name} is a string", name, v)
+        if self.artifact_store is not None:
+            parse_store(self.artifact_store)
         for name in (
             "download",
             "run_final",
@@ -378,6 +383,11 @@ class SearchSettings:
             return path.parent / "prunetune-artifacts" / study
         return Path("prunetune-artifacts") / study
 
+    def store_spec(self) -> str:
+        """The Optuna artifact store of the Pareto-stage weights: ``artifact_store``, by default
+        the folder ``optuna-artifacts`` in :meth:`artifacts_dir`."""
+        return self.artifact_store or str(self.artifacts_dir() / STORE_FOLDER)
+
     def resolved(self) -> SearchSettings:
         """The same settings with the study named and every location absolute.
 
@@ -412,7 +422,11 @@ class SearchSettings:
             data_root=absolute(self.data_root),
             space=absolute(self.space),
         )
-        return replace(out, artifacts=str(out.artifacts_dir().expanduser().resolve()))
+        out = replace(out, artifacts=str(out.artifacts_dir().expanduser().resolve()))
+        store = out.store_spec()
+        if parse_store(store)[0] == "folder":
+            store = str(Path(store).expanduser().resolve())
+        return replace(out, artifact_store=store)
 
 
 def settings_of(study) -> SearchSettings:

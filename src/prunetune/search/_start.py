@@ -166,6 +166,23 @@ def _cost(ev, params: dict) -> float | None:
     return cost_of(config, ev.arch, ev.budget.metric, ev.latency_model)
 
 
+def _fits(ev, params: dict) -> bool:
+    c = _cost(ev, params)
+    return c is not None and c <= ev.budget.limit
+
+
+def _bisect(ev, pick, feasible: float, infeasible: float) -> dict[str, Any]:
+    """``pick(t)`` at the threshold nearest ``infeasible`` whose picks fit the budget, by 40
+    bisection steps from a fitting ``feasible``."""
+    for _ in range(40):
+        mid = (feasible + infeasible) / 2
+        if _fits(ev, pick(mid)):
+            feasible = mid
+        else:
+            infeasible = mid
+    return pick(feasible)
+
+
 def sensitivity_params(ev, widths_only: bool = False) -> dict[str, Any] | None:
     """The sensitivity configuration at the budget (``fastnas`` with ``widths_only``; see the
     module docstring), or None when the space has no count-mode widths or no threshold fits
@@ -184,17 +201,9 @@ def sensitivity_params(ev, widths_only: bool = False) -> dict[str, Any] | None:
     if not all_scores:
         return None
     lo, hi = all_scores[0] - 1.0, all_scores[-1]  # pick(lo) is the cheapest, pick(hi) dense
-    low_cost = _cost(ev, pick(lo))
-    if low_cost is None or low_cost > ev.budget.limit:
+    if not _fits(ev, pick(lo)):
         return None
-    for _ in range(40):  # the highest threshold whose picks fit the budget
-        mid = (lo + hi) / 2
-        c = _cost(ev, pick(mid))
-        if c is not None and c <= ev.budget.limit:
-            lo = mid
-        else:
-            hi = mid
-    return pick(lo)
+    return _bisect(ev, pick, lo, hi)  # the highest threshold whose picks fit the budget
 
 
 def _at_least(d, want: float) -> float:
@@ -236,17 +245,9 @@ def slim_params(ev) -> dict[str, Any] | None:
 
     values = torch.cat([*scores.heads, *scores.mlp]).double()
     lo, hi = float(values.min()) - 1.0, float(values.max()) + 1.0  # pick(hi): 1 unit each
-    top = _cost(ev, pick(float("inf")))
-    if top is None or top > ev.budget.limit:
+    if not _fits(ev, pick(float("inf"))):
         return None
-    for _ in range(40):  # the lowest threshold (most units kept) whose picks fit the budget
-        mid = (lo + hi) / 2
-        c = _cost(ev, pick(mid))
-        if c is not None and c <= ev.budget.limit:
-            hi = mid
-        else:
-            lo = mid
-    return pick(hi)
+    return _bisect(ev, pick, hi, lo)  # the lowest threshold (most units kept) that fits
 
 
 def _criterion_choices(space) -> tuple:
