@@ -1,16 +1,28 @@
-"""Scaling: completed trials per minute with 1 and 2 workers, via Ray Tune and via a shared \
-PostgreSQL study.
+"""Scaling: Ray's overhead against the in-process loop, and trials per CPU-minute at 1 and 2 \
+workers.
 
-Each condition runs a fresh search on the embedded default (budget flops=50 %, default tiers,
-no Pareto stage) in its own process, with every trial sent to tier b (tier a's ``warmup`` = the
-trial count) so each trial is the same amount of work. The CPU cores are split between the workers:
-1 worker uses all torch threads, 2 workers use half each (Ray does this itself; the PostgreSQL
-processes set it). Throughput is counted from the study's own timestamps: completed trials divided
-by the span from the first trial's start to the last trial's end (so model loading and Ray start-up
-are left out), and also over the whole wall time.
-Target: >= 1.7x with 2 workers.
+Each condition ``backend:workers:cores`` runs a fresh search on the embedded default (budget
+flops=50 %, default tiers with every trial sent to tier b, so each trial is the same work; no
+Pareto stage) in its own processes, pinned to ``cores`` CPU cores (``sched_setaffinity``,
+inherited by Ray's servers and workers, so everything the search runs shares those cores):
 
-Usage: python benchmarks/scaling.py [--trials 12] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+- ``optuna:1:1``  one in-process worker, one core, one torch thread
+- ``ray:1:1``     Ray Tune, one worker on one core (the local cluster sees one CPU)
+- ``ray:2:2``     Ray Tune, two workers on two cores (one CPU and one torch thread each)
+- ``optuna:2:2``  two in-process workers sharing one study, one thread each
+
+Throughput is counted from the study's own timestamps: completed trials over the span from the
+first trial's start to the last trial's end (model loading and Ray's start-up left out), and
+also over the whole wall time. Reported:
+
+- **Ray's overhead**: 1 - trials/min of ``ray:1:1`` / ``optuna:1:1`` (target < 10 %),
+- **trials per CPU-minute** (trials/min / cores) and the **per-core scaling** of 2 workers on
+  2 cores against 1 on 1 (target >= 0.9, linear = 1.0).
+
+Run it alone on the machine. Needs at least 2 cores.
+
+Usage: python benchmarks/scaling.py [--trials 12] [--storage postgresql://... | sqlite]
+           [--conditions optuna:1:1,ray:1:1,ray:2:2,optuna:2:2]
 Writes scaling.json in --out.
 """
 
@@ -27,11 +39,11 @@ import uuid
 from pathlib import Path
 
 WORKER = r"""
-import sys, torch, optuna
+import sys, torch
 from prunetune.errors import PrunetuneError
 from prunetune.search import default_tiers, search
 threads, storage, study, trials, backend, workers = sys.argv[1:7]
-torch.set_num_threads(int(threads))
+torch.set_num_threads(int(threads))  # in-process trials; Ray's take the CPUs Ray gives them
 try:
     search("flops=50%", progress=False, storage=storage, study=study, n_trials=int(trials),
            tiers=default_tiers(warmup=int(trials)), run_final=False, backend=backend,
@@ -39,6 +51,25 @@ try:
 except PrunetuneError as e:
     sys.exit(f"scaling worker: {e}")
 """
+
+DEFAULT_CONDITIONS = "optuna:1:1,ray:1:1,ray:2:2,optuna:2:2"
+
+
+def parse_conditions(text: str, max_cores: int) -> list[tuple[str, int, int]]:
+    out = []
+    for item in text.split(","):
+        try:
+            backend, workers, cores = item.split(":")
+            cond = (backend, int(workers), int(cores))
+        except ValueError:
+            raise SystemExit(f"--conditions: {item!r} is not backend:workers:cores") from None
+        if backend not in ("optuna", "ray") or cond[1] < 1 or not 1 <= cond[2] <= max_cores:
+            raise SystemExit(
+                f"--conditions: {item!r} needs backend optuna or ray, workers >= 1 and "
+                f"1..{max_cores} cores"
+            )
+        out.append(cond)
+    return out
 
 
 def throughput(storage: str, study_name: str) -> dict:
@@ -49,65 +80,45 @@ def throughput(storage: str, study_name: str) -> dict:
     span = (
         max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     ).total_seconds()
+    optuna.delete_study(study_name=study_name, storage=storage)  # the numbers are kept below
     return {"completed": len(done), "span_s": round(span, 1), "per_min": 60 * len(done) / span}
 
 
-def run(condition: str, workers: int, trials: int, cores: int, postgres: str, tmp: Path) -> dict:
-    name = f"scaling_{condition}_{workers}_{uuid.uuid4().hex[:6]}"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    t0 = time.perf_counter()
-    if condition == "ray":
+def run(backend: str, workers: int, cores: int, trials: int, storage: str, tmp: Path) -> dict:
+    name = f"scaling_{backend}_{workers}x{cores}_{uuid.uuid4().hex[:6]}"
+    if storage == "sqlite":
         storage = f"sqlite:///{tmp}/{name}.db"
-        procs = [
+    cpus = set(sorted(os.sched_getaffinity(0))[:cores])
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    processes = 1 if backend == "ray" else workers  # Ray runs its workers itself
+    threads = max(1, cores // workers)
+    t0 = time.perf_counter()
+    procs = []
+    for i in range(processes):
+        argv = [str(threads), storage, name, str(trials), backend, str(workers // processes)]
+        procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    WORKER,
-                    str(cores),
-                    storage,
-                    name,
-                    str(trials),
-                    "ray",
-                    str(workers),
-                ],
+                [sys.executable, "-c", WORKER, *argv],
                 env=env,
                 cwd=tmp,
+                preexec_fn=lambda: os.sched_setaffinity(0, cpus),
             )
-        ]
-    else:
-        storage = postgres
-        threads = max(1, cores // workers)
-        procs = []
-        for i in range(workers):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-c",
-                        WORKER,
-                        str(threads),
-                        storage,
-                        name,
-                        str(trials),
-                        "optuna",
-                        "1",
-                    ],
-                    env=env,
-                    cwd=tmp,
-                )
-            )
-            if i == 0:
-                time.sleep(3)  # the first process creates the study and stores its settings
+        )
+        if i == 0 and processes > 1:
+            time.sleep(3)  # the first process creates the study and stores its settings
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - t0
     if any(codes):
-        raise SystemExit(f"{condition} with {workers} workers failed (exit codes {codes})")
+        raise SystemExit(f"{backend} with {workers} workers failed (exit codes {codes})")
     r = throughput(storage, name)
     r.update(
         {
-            "condition": condition,
+            "condition": f"{backend}:{workers}:{cores}",
+            "backend": backend,
             "workers": workers,
+            "cores": cores,
+            "torch_threads": threads,
+            "per_cpu_min": r["per_min"] / cores,
             "wall_s": round(wall, 1),
             "per_min_wall": 60 * r["completed"] / wall,
         }
@@ -115,43 +126,75 @@ def run(condition: str, workers: int, trials: int, cores: int, postgres: str, tm
     return r
 
 
+def summary(rows: list[dict]) -> dict:
+    """Ray's overhead at 1 worker and the per-core scaling of each backend (where measured)."""
+    by = {r["condition"]: r for r in rows}
+    out = {}
+    if "ray:1:1" in by and "optuna:1:1" in by:
+        out["ray_overhead"] = 1 - by["ray:1:1"]["per_min"] / by["optuna:1:1"]["per_min"]
+        out["ray_overhead_wall"] = (
+            1 - by["ray:1:1"]["per_min_wall"] / by["optuna:1:1"]["per_min_wall"]
+        )
+        out["meets_overhead_10pct"] = out["ray_overhead"] < 0.10
+    for backend in ("ray", "optuna"):
+        one, two = by.get(f"{backend}:1:1"), by.get(f"{backend}:2:2")
+        if one and two:
+            out[f"{backend}_per_core_scaling"] = two["per_cpu_min"] / one["per_cpu_min"]
+            out[f"{backend}_meets_0.9_linear"] = out[f"{backend}_per_core_scaling"] >= 0.9
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
-    p.add_argument("--conditions", default="ray,postgres")
+    p.add_argument(
+        "--storage",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="a PostgreSQL URL shared by every condition, or `sqlite` (a file per condition)",
+    )
+    p.add_argument("--conditions", default=DEFAULT_CONDITIONS, help="backend:workers:cores,...")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args()
-    cores = os.cpu_count() or 1
+    max_cores = len(os.sched_getaffinity(0))
+    conditions = parse_conditions(a.conditions, max_cores)
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for cond in a.conditions.split(","):
-            for w in (1, 2):
-                r = run(cond, w, a.trials, cores, a.postgres, Path(d))
-                rows.append(r)
-                print(
-                    f"[{time.strftime('%H:%M:%S')}] {cond} x{w}: {r['completed']} trials, "
-                    f"{r['per_min']:.2f}/min",
-                    flush=True,
-                )
+        for backend, workers, cores in conditions:
+            r = run(backend, workers, cores, a.trials, a.storage, Path(d))
+            rows.append(r)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {r['condition']}: {r['completed']} trials, "
+                f"{r['per_min']:.2f}/min, {r['per_cpu_min']:.2f}/CPU-min",
+                flush=True,
+            )
     print(
-        f"\n{'backend':10} {'workers':>7} {'trials':>6} {'span s':>7} {'trials/min':>10} "
-        f"{'speedup':>7} "
-        f"{'wall s':>7} {'/min wall':>9} {'speedup':>7}"
+        f"\n{'condition':12} {'threads':>7} {'trials':>6} {'span s':>7} {'trials/min':>10} "
+        f"{'/CPU-min':>8} {'wall s':>7} {'/min wall':>9}"
     )
     for r in rows:
-        one = next(x for x in rows if x["condition"] == r["condition"] and x["workers"] == 1)
-        r["speedup"] = r["per_min"] / one["per_min"]
-        r["speedup_wall"] = r["per_min_wall"] / one["per_min_wall"]
-        r["meets_1.7"] = r["workers"] == 1 or r["speedup"] >= 1.7
         print(
-            f"{r['condition']:10} {r['workers']:7} {r['completed']:6} {r['span_s']:7.1f} "
-            f"{r['per_min']:10.2f} "
-            f"{r['speedup']:7.2f} {r['wall_s']:7.1f} {r['per_min_wall']:9.2f} "
-            f"{r['speedup_wall']:7.2f}"
+            f"{r['condition']:12} {r['torch_threads']:7} {r['completed']:6} {r['span_s']:7.1f} "
+            f"{r['per_min']:10.2f} {r['per_cpu_min']:8.2f} {r['wall_s']:7.1f} "
+            f"{r['per_min_wall']:9.2f}"
         )
+    s = summary(rows)
+    if "ray_overhead" in s:
+        print(
+            f"\nRay's overhead at 1 worker: {100 * s['ray_overhead']:.1f} % fewer trials/min than "
+            f"the in-process loop ({100 * s['ray_overhead_wall']:.1f} % over wall time); "
+            f"target < 10 %: {'met' if s['meets_overhead_10pct'] else 'NOT met'}"
+        )
+    for backend in ("ray", "optuna"):
+        if f"{backend}_per_core_scaling" in s:
+            print(
+                f"{backend}: 2 workers on 2 cores give {s[f'{backend}_per_core_scaling']:.2f}x "
+                f"the trials per CPU-minute of 1 on 1; target >= 0.9: "
+                f"{'met' if s[f'{backend}_meets_0.9_linear'] else 'NOT met'}"
+            )
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "scaling.json").write_text(json.dumps({"cores": cores, "rows": rows}, indent=2) + "\n")
+    (a.out / "scaling.json").write_text(
+        json.dumps({"cores": max_cores, "trials": a.trials, "rows": rows, **s}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

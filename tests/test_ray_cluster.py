@@ -1,23 +1,48 @@
-"""Ray backends on real clusters: nothing listens beyond loopback, and both address forms work.
+"""Ray backends on real clusters: nothing listens beyond loopback, both address forms work, and a
+two-node cluster runs a whole search.
 
-A cluster of the test's own is started with ``ray start --head`` on free ports (6379 is
-Redis's on the dev machines) and stopped afterwards.
+The test's own clusters are started with the real ``ray start`` (``--block``, each node with its
+own temp dir and free ports; 6379 is Redis's on the dev machines) and stopped by ending that
+``ray start`` process, which takes its node's servers and workers with it (``ray stop`` would
+stop every Ray process on the machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+import uuid
+from dataclasses import fields
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
-from _helpers import DONE, TINY_CLI, cli, sqlite_url, stop, subprocess_env
-from prunetune.search import load_study
+from _helpers import (
+    DONE,
+    PG_URL,
+    TINY_CLI,
+    _postgres_reachable,
+    cli,
+    sqlite_url,
+    stop,
+    subprocess_env,
+)
+from prunetune.search import SearchSettings, finals, load_study
+from prunetune.search._ray import cpus_per_trial
+
+RAY = Path(sys.executable).with_name("ray")
 
 
 def _listening() -> set[tuple[str, int]]:
@@ -92,14 +117,86 @@ def test_a_local_ray_search_listens_only_on_loopback(tmp_path):
     assert len(seen) >= 3, seen  # GCS, raylet, workers: the check saw the cluster
     exposed = sorted((a, p) for a, p in seen if not _is_loopback(a))
     assert exposed == [], f"listening beyond loopback: {exposed}"
+    # one worker gets every core the search may use (the children's OMP_NUM_THREADS=1 aside)
+    trials = load_study(sqlite_url(tmp_path / "s.db"), "lo").get_trials(deepcopy=False)
+    assert {t.user_attrs["torch_threads"] for t in trials} == {len(os.sched_getaffinity(0))}
+    assert all(t.user_attrs["ray_node"] for t in trials)
+    # one worker process ran both trials (Tune reused its actor, with the evaluator it loaded)
+    results = [
+        json.loads(ln) for f in tmp_path.rglob("result.json") for ln in f.open() if ln.strip()
+    ]
+    assert len(results) == 2 and len({r["pid"] for r in results}) == 1, results
+
+
+def _node_ports() -> list[str]:
+    """Free ports for one node's servers (their defaults collide between nodes on one host)."""
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    )
+    return [f"--{n}={_free_port()}" for n in names] + ["--min-worker-port=0", "--max-worker-port=0"]
+
+
+def _pids_naming(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (a node's own temp dir)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and d.name != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                if text.encode() in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+    return pids
+
+
+@contextlib.contextmanager
+def _ray_node(temp_dir: Path, env: dict[str, str], *args: str):
+    """One node started by ``ray start --block`` with its own temp dir, stopped on exit.
+
+    Stopping ends this ``ray start`` only (SIGTERM: its node shuts its servers and workers down);
+    anything of the node that outlives it, found by the node's temp dir, is killed by its pid.
+    """
+    if not RAY.is_file():
+        pytest.skip("the ray command is not installed beside this interpreter")
+    temp_dir.mkdir(parents=True)
+    log = temp_dir / "ray-start.log"
+    cmd = [str(RAY), "start", "--block", f"--temp-dir={temp_dir}", *_node_ports(), *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*cmd, "--disable-usage-stats"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"`ray start {' '.join(args)}` did not start:\n{log.read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        for pid in _pids_naming(str(temp_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head():
     """A one-node cluster started with `ray start --head` on free ports (loopback only)."""
-    ray_bin = Path(os.sys.executable).with_name("ray")
-    if not ray_bin.is_file():
-        pytest.skip("the ray command is not installed beside this interpreter")
     gcs, client = _free_port(), _free_port()
     # a loaded 2-core machine can take longer than Ray's default 30 s to start the per-client
     # server behind ray:// (the proxy then answers "Initialization failure from server")
@@ -108,29 +205,20 @@ def ray_head(tmp_path_factory):
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180",
     }
-    start = subprocess.run(
-        [
-            str(ray_bin),
-            "start",
+    root = Path(tempfile.mkdtemp(prefix="ptray", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        with _ray_node(
+            root / "head",
+            env,
             "--head",
             f"--port={gcs}",
             f"--ray-client-server-port={client}",
-            "--min-worker-port=20000",
-            "--max-worker-port=20100",
             "--num-cpus=2",
             "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert start.returncode == 0, start.stderr[-3000:]
-    try:
-        yield {"gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}"}
+        ):
+            yield {"gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}"}
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _search(tmp_path, study: str, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
@@ -212,3 +300,178 @@ def test_ray_client_start_up_failure_is_retried_and_other_errors_are_not():
     with pytest.raises(ConnectionError, match="refused"):
         _client_init(wrong, "ray://127.0.0.1:1", {}, pause=0)
     assert wrong.inits == 1
+
+
+@pytest.fixture
+def two_nodes():
+    """A real two-node cluster on this machine: `ray start --head` at 127.0.0.2 and a second
+    `ray start --address` at 127.0.0.3, one CPU each, with a token of the test's own.
+
+    ``ray start`` joins a second node only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, and then
+    its servers listen on every interface, as any multi-machine cluster's do; Ray's token
+    authentication keeps them to holders of the token.
+    """
+    token = secrets.token_hex(32)
+    env = {
+        **subprocess_env(),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_worker_niceness": "0",  # what the README asks of a cluster's nodes
+    }
+    gcs = _free_port()
+    root = Path(tempfile.mkdtemp(prefix="ptray", dir="/tmp"))
+    try:
+        head = ("--head", f"--port={gcs}", f"--ray-client-server-port={_free_port()}")
+        with _ray_node(
+            root / "head",
+            env,
+            *head,
+            "--node-ip-address=127.0.0.2",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+        ):
+            with _ray_node(
+                root / "worker",
+                env,
+                f"--address=127.0.0.2:{gcs}",
+                "--node-ip-address=127.0.0.3",
+                "--num-cpus=1",
+            ):
+                # the driver: this machine's defaults plus the cluster's token
+                driver_env = {**subprocess_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+                yield {"gcs": f"127.0.0.2:{gcs}", "env": driver_env}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow  # about 2-3 minutes on the 2-core machine: two nodes start, a search, an export
+def test_a_two_node_cluster_loses_no_trial_and_exports_from_a_third_folder(two_nodes, tmp_path):
+    reason = _postgres_reachable()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable ({reason})")
+    study = f"cluster_{uuid.uuid4().hex[:12]}"
+    driver, store, third = tmp_path / "driver", tmp_path / "shared-store", tmp_path / "third"
+    driver.mkdir()
+    third.mkdir()
+    # the Pareto-stage weights go to a folder every machine shares, where the option exists
+    has_store = "artifact_store" in {f.name for f in fields(SearchSettings)}
+    args = [
+        "search",
+        "--budget",
+        "flops=50%",
+        "--backend",
+        "ray",
+        "--workers",
+        "2",
+        "--address",
+        two_nodes["gcs"],
+        "--storage",
+        PG_URL,
+        "--study",
+        study,
+        "--n-trials",
+        "4",
+        *TINY_CLI,
+        "--front-max",
+        "1",
+        "--artifacts",
+        str(driver / "artifacts"),
+        *(["--artifact-store", str(store)] if has_store else []),
+    ]
+    try:
+        res = subprocess.run(
+            cli(*args),
+            capture_output=True,
+            text=True,
+            env=two_nodes["env"],
+            cwd=driver,
+            timeout=900,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        trials = load_study(PG_URL, study).get_trials(deepcopy=False)
+        # no trial lost, failed or run twice: exactly the requested total, all finished
+        assert len(trials) == 4, [t.state for t in trials]
+        assert all(t.state in DONE for t in trials), [t.state for t in trials]
+        # the two concurrent trials cannot share a one-CPU node: both nodes ran trials, each
+        # with the one torch thread its node's CPU allows
+        assert len({t.user_attrs["ray_node"] for t in trials}) == 2, [t.user_attrs for t in trials]
+        assert {t.user_attrs["torch_threads"] for t in trials} == {1}
+        tuned = set(finals(load_study(PG_URL, study)))
+        assert tuned, "the Pareto stage fine-tuned no member"
+        if has_store:
+            shutil.rmtree(driver)  # the driver's machine is gone; the shared store remains
+
+        out = third / "export"
+        res = subprocess.run(
+            cli("export", "--storage", PG_URL, "--study", study, "--out", str(out), "--front"),
+            capture_output=True,
+            text=True,
+            env=two_nodes["env"],
+            cwd=third,
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        best = json.loads((out / "export.json").read_text())
+        assert best["tuned"] is True and (out / "model.safetensors").stat().st_size > 0
+        members = [json.loads(p.read_text()) for p in (out / "front").glob("trial_*/export.json")]
+        assert members, "no front member exported"
+        assert {m["trial"] for m in members if m["tuned"]} == tuned  # every stored weight file
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study, storage=PG_URL)
+
+
+@pytest.mark.parametrize(
+    "nodes, workers, cpus",
+    [
+        ([2], 1, 2),  # one worker on one 2-core machine: both cores
+        ([2], 2, 1),  # two workers share it: one core each
+        ([1, 1], 2, 1),  # one worker per one-core node
+        ([1, 1], 1, 1),  # no node has two cores: a trial never spans nodes
+        ([8, 2], 2, 4),  # both on the 8-core node (4 + 4) beats 5 + a trial that never starts
+        ([8, 2], 3, 2),  # 3 CPUs each fit only twice (8 // 3 + 2 // 3): 2 each
+        ([4, 4, 4], 3, 4),
+        ([2], 4, 1),  # more workers than CPUs: one each, as many at a time as fit
+        ([0, 2.5], 1, 2),  # a node without CPUs is ignored; fractional CPUs round down
+    ],
+)
+def test_each_trial_gets_the_largest_equal_cpu_share_that_fits(nodes, workers, cpus):
+    assert cpus_per_trial(nodes, workers) == cpus
+
+
+def test_a_worker_loads_the_evaluator_and_study_once_per_search(monkeypatch):
+    import ray
+
+    from prunetune.search import _ray, _study
+
+    got, loaded = [], []
+    monkeypatch.setattr(ray, "get", lambda ref: got.append(ref) or f"evaluator of {ref}")
+    monkeypatch.setattr(_study, "load_study", lambda url, name: loaded.append(name) or name)
+    monkeypatch.setattr(_ray, "_WORKER", {})
+    first = {"key": "a", "evaluator": "ref-a", "storage": "sqlite://", "study_name": "s"}
+    assert _ray._worker_state(first) == ("evaluator of ref-a", "s")
+    assert _ray._worker_state(dict(first)) == ("evaluator of ref-a", "s")
+    assert (got, loaded) == (["ref-a"], ["s"])  # the second trial reused both
+    other = {**first, "key": "b", "evaluator": "ref-b", "study_name": "t"}
+    assert _ray._worker_state(other) == ("evaluator of ref-b", "t")
+    assert list(_ray._WORKER) == ["b"]  # a worker keeps one search only
+
+
+def test_a_private_cluster_runs_its_workers_at_this_process_priority(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from prunetune.search._ray import _connect
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    _connect(None, 1, False)
+    try:
+
+        @ray.remote
+        def niceness() -> int:
+            return os.nice(0)
+
+        # Ray's default is nice 15, which leaves the trials little CPU beside other work
+        assert ray.get(niceness.remote()) == os.nice(0)
+    finally:
+        ray.shutdown()
+    assert "RAY_worker_niceness" not in os.environ  # this process's environment is left as it was

@@ -83,7 +83,8 @@ class _Prefixed:
     """An artifact store whose keys all start with ``prefix/`` (``s3://bucket/prefix``)."""
 
     def __init__(self, store, prefix: str) -> None:
-        self._store, self._prefix = store, prefix + "/"
+        self._store = store
+        self._prefix = prefix + "/"
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
         return self._store.open_reader(self._prefix + artifact_id)

@@ -5,6 +5,11 @@ same name, same registered sampler) that the in-process backend uses, samples it
 :meth:`SearchSpace.suggest` exactly as the in-process objective does, and tells it each
 trial's outcome with the :class:`TrialRecord` the trainable returned; both backends write one
 study format and propose the same candidates.
+
+Each concurrent trial asks Ray for the same CPU share (:func:`cpus_per_trial`) and runs that many
+torch threads on whichever node it lands. Tune reuses one worker process per concurrent trial
+for the whole search, which keeps the evaluator, the study and the teacher cache between trials
+(:func:`_worker_state`); each trial records the node it ran on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +35,7 @@ from ._record import TrialRecord
 from ._samplers import make_sampler
 from ._study import HEARTBEAT_INTERVAL, make_storage, trial_counts
 
-__all__ = ["run_ray"]
+__all__ = ["cpus_per_trial", "run_ray"]
 
 
 def _absolute_sqlite(url: str) -> str:
@@ -185,6 +191,9 @@ class _Search(Searcher):
             run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         TrialRecord.from_attrs(json.loads(result["record"])).write(trial)
+        # where it ran: the Ray node's id, its host name and the torch threads it used
+        for k, v in json.loads(result.get("worker") or "{}").items():
+            trial.set_user_attr(k, v)
         if result.get("pruned"):  # stopped early: no values
             run.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
@@ -210,23 +219,77 @@ class _Search(Searcher):
             setattr(self, k, v)
 
 
-def _trainable(
-    params: dict, evaluator=None, storage: str = "", study_name: str = "", threads: int = 1
-) -> None:
+#: What a Ray worker process keeps between the trials of one search (Tune reuses its actor):
+#: the search's key -> its evaluator and study. Loaded at the worker's first trial, so later
+#: trials neither transfer the evaluator again, nor reload the study, nor start with an empty
+#: teacher cache; a worker serves one search at a time.
+_WORKER: dict[str, tuple[object, optuna.Study]] = {}
+
+
+def _worker_state(shared: dict) -> tuple[object, optuna.Study]:
+    """This worker's evaluator and study of the search ``shared`` describes (loaded once)."""
+    key = shared["key"]
+    if key not in _WORKER:
+        import ray
+
+        from ._study import load_study
+
+        _WORKER.clear()
+        _WORKER[key] = (
+            ray.get(shared["evaluator"]),
+            load_study(shared["storage"], shared["study_name"]),
+        )
+    return _WORKER[key]
+
+
+def _assigned_cpus(requested: int) -> int:
+    """The CPUs Ray gave the running trial (what it asked for, when Ray does not say)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    return max(1, int(cpus)) if cpus else requested
+
+
+def _trainable(params: dict, shared: dict) -> None:
+    import ray
     from ray import tune
 
-    from ._study import load_study
-
-    torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rec, values = evaluator.evaluate(params, load_study(storage, study_name))
+    evaluator, study = _worker_state(shared)
+    threads = _assigned_cpus(shared["cpus"])
+    torch.set_num_threads(threads)  # this trial's CPU share, on whichever node it runs
+    rec, values = evaluator.evaluate(params, study)
     attrs = rec.to_attrs() if hasattr(rec, "to_attrs") else rec
-    result = {"record": json.dumps(attrs, default=str)}
+    result = {
+        "record": json.dumps(attrs, default=str),
+        "worker": json.dumps(
+            {
+                "ray_node": ray.get_runtime_context().get_node_id(),
+                "ray_host": socket.gethostname(),
+                "torch_threads": torch.get_num_threads(),
+            }
+        ),
+    }
     if values is None:  # stopped early; Ray insists on the metrics, the searcher tells PRUNED
         result.update({"accuracy": float("nan"), "cost": float("nan"), "pruned": 1})
     else:
         result.update({"accuracy": values[0], "cost": values[1], "pruned": 0})
     tune.report(result)
+
+
+def cpus_per_trial(node_cpus: list[float], workers: int) -> int:
+    """The most CPUs each of ``workers`` concurrent trials can get, every trial within one node.
+
+    The largest ``c`` with ``sum(floor(n / c)) >= workers`` over the nodes' CPU counts: 2 workers
+    on one 2-core machine get 1 each, 1 worker gets 2, 2 workers on nodes of 8 and 2 cores get 4
+    (both on the 8-core node, the 2-core one idle). When the cluster has fewer CPUs than
+    workers, 1 (and only as many trials as CPUs run at a time).
+    """
+    cpus = [int(n) for n in node_cpus if n >= 1]
+    for c in range(max(cpus, default=1), 1, -1):
+        if sum(n // c for n in cpus) >= workers:
+            return c
+    return 1
 
 
 _CHECK_HEAD = (
@@ -275,6 +338,14 @@ def _client_init(ray, address: str, quiet: dict, attempts: int = 3, pause: float
             time.sleep(pause)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under ``taskset``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _connect(address: str | None, workers: int, progress: bool) -> None:
     """Starts a private local Ray cluster on loopback, or joins ``address`` (host:port or ray://).
 
@@ -288,12 +359,22 @@ def _connect(address: str | None, workers: int, progress: bool) -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": False}
     if address is None:
-        ray.init(
-            address="local",
-            num_cpus=max(workers, os.cpu_count() or 1),
-            include_dashboard=False,
-            **quiet,
-        )
+        # trial workers at the priority of the in-process loop, not Ray's nice 15 (which leaves a
+        # search little CPU on a machine that does anything else); the node's raylet reads its
+        # RAY_ settings from the environment it starts in, and a value the user set is kept
+        niceness = "RAY_worker_niceness" not in os.environ
+        if niceness:
+            os.environ["RAY_worker_niceness"] = "0"
+        try:
+            ray.init(
+                address="local",
+                num_cpus=max(workers, _usable_cores()),
+                include_dashboard=False,
+                **quiet,
+            )
+        finally:
+            if niceness:
+                del os.environ["RAY_worker_niceness"]
         ip = ray.util.get_node_ip_address()
         if ip not in ("127.0.0.1", "::1", "localhost"):
             ray.shutdown()
@@ -327,7 +408,8 @@ def run_ray(
     address: str | None = None,
     progress: bool = True,
 ) -> None:
-    """Runs the remaining trials of ``study`` with Ray Tune (``workers`` at a time)."""
+    """Runs the remaining trials of ``study`` with Ray Tune (``workers`` at a time, each on an
+    equal CPU share of one node)."""
     if _RAY_MISSING is not None:
         raise PrunetuneError(f"--backend ray needs ray[tune] ({_RAY_MISSING})")
     import ray
@@ -355,41 +437,46 @@ def run_ray(
     for c in ev.space["criterion"].choices:  # computed once here, shipped to every worker
         ev.scores(c)
     storage = _absolute_sqlite(settings.storage)
-    started = False
-    if not ray.is_initialized():
-        started = True
+    started = not ray.is_initialized()
+    if started:
         _connect(address, workers, progress)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    threads = max(1, cpus // workers)
-    searcher = _Search(
-        ev.space,
-        storage,
-        study.study_name,
-        settings.sampler,
-        settings.seed,
-        settings.n_trials,
-        settings.grace_period,
-    )
     bar = _Bar(remaining)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _trainable, evaluator=ev, storage=storage, study_name=study.study_name, threads=threads
-        ),
-        {"cpu": 1},
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers
-        ),
-        run_config=tune.RunConfig(
-            name=f"prunetune-{study.study_name}",
-            verbose=0,
-            callbacks=[bar],
-            storage_path=str((settings.artifacts_dir() / "ray").resolve()),
-        ),
-    )
     try:
+        nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+        cpus = cpus_per_trial(nodes, workers)
+        searcher = _Search(
+            ev.space,
+            storage,
+            study.study_name,
+            settings.sampler,
+            settings.seed,
+            settings.n_trials,
+            settings.grace_period,
+        )
+        # the evaluator goes to the object store once; each worker process fetches it at its
+        # first trial and keeps it (_worker_state): the reference inside is not resolved per trial
+        shared = {
+            "key": uuid.uuid4().hex,
+            "evaluator": ray.put(ev),
+            "storage": storage,
+            "study_name": study.study_name,
+            "cpus": cpus,
+        }
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(_trainable, shared=shared), {"cpu": cpus}),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=remaining,
+                max_concurrent_trials=workers,
+                reuse_actors=True,  # one worker process per concurrent trial, for all trials
+            ),
+            run_config=tune.RunConfig(
+                name=f"prunetune-{study.study_name}",
+                verbose=0,
+                callbacks=[bar],
+                storage_path=str((settings.artifacts_dir() / "ray").resolve()),
+            ),
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # a killed driver's trials: failed, then retried
