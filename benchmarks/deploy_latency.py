@@ -35,8 +35,15 @@ import numpy as np
 import torch
 
 from _common import interleaved_latency
-from prunetune import BlockConfig, ModelSpec, PruningConfig, build_model, estimate_cost, prune
-from prunetune._pruned import load_pruned
+from prunetune import (
+    BlockConfig,
+    ModelSpec,
+    PruningConfig,
+    build_model,
+    estimate_cost,
+    load_pruned,
+    prune,
+)
 from prunetune.deploy import ONNX_FILE, export_onnx, onnx_session
 from prunetune.models import ViTArch, input_shape
 

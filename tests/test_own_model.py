@@ -85,6 +85,20 @@ def _printed_accuracy(out: str) -> float:
     return float(line.split("dense val accuracy ")[1].split(" %")[0])
 
 
+def _stored_weights(study, info: dict, dest: Path) -> bytes:
+    """The Pareto-stage weights of the exported trial, read from the study's artifact store."""
+    from optuna.artifacts import download_artifact
+
+    from prunetune.search import open_store, study_store
+
+    download_artifact(
+        artifact_store=open_store(study_store(study)),
+        file_path=str(dest),
+        artifact_id=info["artifact"]["artifact_id"],
+    )
+    return dest.read_bytes()
+
+
 def test_model_file_preprocessing_gives_the_users_own_accuracy(user, tmp_path, capsys, monkeypatch):
     r = user["root"]
     monkeypatch.chdir(r)
@@ -226,14 +240,9 @@ def test_search_and_export_from_anywhere(user, tmp_path, capsys, monkeypatch):
     }
     monkeypatch.chdir("/")
     study = load_study(storage)
-    art = (
-        Path(study.user_attrs["settings"]["artifacts"])
-        / f"trial_{info['trial']}"
-        / "model.safetensors"
-    )
-    assert (
-        art.is_absolute()
-        and (elsewhere / "best" / "model.safetensors").read_bytes() == art.read_bytes()
+    assert Path(info["artifact"]["store"]).is_absolute()
+    assert (elsewhere / "best" / "model.safetensors").read_bytes() == _stored_weights(
+        study, info, tmp_path / "dl.safetensors"
     )
     # the reproduce command works from yet another folder and gives the same weights
     argv = shlex.split(
@@ -330,11 +339,8 @@ def test_postgres_study_exports_tuned_weights_from_another_folder(
         )
         assert code == 0, err
         info = json.loads((elsewhere / "best" / "export.json").read_text())
-        art = work / "prunetune-artifacts" / name / f"trial_{info['trial']}" / "model.safetensors"
-        assert (
-            info["tuned"]
-            and (elsewhere / "best" / "model.safetensors").read_bytes() == art.read_bytes()
-        )
+        stored = _stored_weights(load_study(PG_URL, name), info, tmp_path / "dl.safetensors")
+        assert info["tuned"] and (elsewhere / "best" / "model.safetensors").read_bytes() == stored
         assert math.isfinite(info["final"]["val_accuracy"])
     finally:
         import optuna

@@ -516,9 +516,7 @@ def cmd_report(args) -> int:
 def cmd_dashboard(args) -> int:
     from optuna_dashboard import run_server
 
-    from .search import load_study, make_storage
-    from .search._artifacts import open_store
-    from .search._export import study_store
+    from .search import load_study, make_storage, open_store, study_store
 
     _check_bindable(args.host, args.port)  # a busy port fails before the storage is opened
     study = load_study(args.storage, args.study)  # fail early with a clear message

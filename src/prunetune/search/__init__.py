@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from . import _backends, _samplers  # noqa: F401  (register the backends and samplers)
+from ._artifacts import open_store
 from ._budget import Budget, BudgetMetric, parse_budget, repair
 from ._evaluate import Evaluator
-from ._export import export, study_status
+from ._export import export, study_status, study_store
 from ._pareto import run_pareto_stage
 from ._record import TrialRecord, final_of, finals, study_entry
 from ._report import report_rows, write_report
@@ -37,6 +38,8 @@ __all__ = [
     "best_trial",
     "default_tiers",
     "export",
+    "open_store",
+    "study_store",
     "final_of",
     "finals",
     "load_study",
