@@ -18,7 +18,9 @@ is the base model named in their config.json.
 
 Usage: python benchmarks/deploy_latency.py [--models digits_vit,deit_small_224]
 [--folders DIR,...] [--threads 2] [--repeats 10] [--rounds 3] [--out benchmarks/results]
-Run it alone on the machine. Writes deploy_latency.json in --out.
+Run it alone on the machine. Writes deploy_latency.json in --out; rows of models (and folders)
+not measured in this run are kept from the file, each row naming its run (``run``, the date
+under ``runs`` with that run's settings).
 """
 
 from __future__ import annotations
@@ -186,7 +188,17 @@ def main() -> None:
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    meta["date"] = time.strftime("%Y-%m-%d %H:%M")
+    for r in rows:
+        r["run"] = meta["date"]
+    # rows of models this run did not measure stay, with the settings of the run that made them
+    kept, runs = [], [meta]
+    if out.is_file():
+        old = json.loads(out.read_text())
+        measured = {r["model"] for r in rows}
+        kept = [r for r in old["rows"] if r["model"] not in measured]
+        runs += [m for m in old["runs"] if m["date"] in {r["run"] for r in kept}]
+    out.write_text(json.dumps({"runs": runs, "rows": kept + rows}, indent=1) + "\n")
     print(f"wrote {out}")
 
 

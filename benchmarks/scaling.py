@@ -13,7 +13,12 @@ inherited by Ray's servers and workers, so everything the search runs shares tho
 
 Throughput is counted from the study's own timestamps: completed trials over the span from the
 first trial's start to the last trial's end (model loading and Ray's start-up left out), and
-also over the whole wall time. Reported:
+also over the whole wall time. The same seed draws the same candidates in the same order at one
+worker (both backends); with two workers the draws interleave differently. Each row also gives
+the median trial time, ``busy`` (the trials' summed time over span x workers: 1.0 means no
+worker waited) and every trial's start and duration in scaling.json: a worker's first trials
+are slower (they fill that process's caches: the teacher's logits, each criterion's saliency
+scores), so a short run under-states the per-core scaling of many workers. Reported:
 
 - **Ray's overhead**: 1 - trials/min of ``ray:1:1`` / ``optuna:1:1`` (target < 10 %),
 - **trials per CPU-minute** (trials/min / cores) and the **per-core scaling** of 2 workers on
@@ -54,10 +59,68 @@ except PrunetuneError as e:
 
 DEFAULT_CONDITIONS = "optuna:1:1,ray:1:1,ray:2:2,optuna:2:2"
 
+# The machine's own ceiling: the same candidates (after every cache is filled) scored by one
+# process on one core, then by two processes at once, one per core; no storage, no search loop.
+CEILING = r"""
+import sys, time, torch, optuna
+from prunetune.search import Evaluator, SearchSettings, default_tiers
+torch.set_num_threads(1)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+n = int(sys.argv[1])
+s = SearchSettings(budget="flops=50%", tiers=default_tiers(warmup=n + 1), n_trials=n + 1)
+ev = Evaluator(s.resolved())
+study = optuna.create_study(
+    directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+)
+for c in {d for dim in ev.space.dims if dim.name == "criterion" for d in dim.choices}:
+    ev.scores(c)
+seconds = []
+for i in range(n + 1):
+    t = study.ask()
+    params = ev.space.suggest(t)
+    t0 = time.perf_counter()
+    ev.evaluate(params, study)
+    if i:  # the first fills the teacher's logits
+        seconds.append(time.perf_counter() - t0)
+    study.tell(t, state=optuna.trial.TrialState.FAIL)
+print(sum(seconds))
+"""
+
+
+def ceiling(candidates: int, tmp: Path) -> dict:
+    """Seconds to score the same ``candidates`` alone on one core and two at once on two."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+
+    def start(core: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", CEILING, str(candidates)],
+            env=env,
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        )
+
+    def seconds(procs: list[subprocess.Popen]) -> list[float]:
+        outs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            raise SystemExit("the ceiling run failed")
+        return [float(o.strip().splitlines()[-1]) for o in outs]
+
+    alone = seconds([start(cores[0])])[0]
+    together = seconds([start(c) for c in cores])
+    return {
+        "candidates": candidates,
+        "alone_s": round(alone, 1),
+        "together_s": [round(t, 1) for t in together],
+        "per_core_scaling": alone / (sum(together) / len(together)),
+    }
+
 
 def parse_conditions(text: str, max_cores: int) -> list[tuple[str, int, int]]:
     out = []
-    for item in text.split(","):
+    for item in filter(None, text.split(",")):
         try:
             backend, workers, cores = item.split(":")
             cond = (backend, int(workers), int(cores))
@@ -80,8 +143,32 @@ def throughput(storage: str, study_name: str) -> dict:
     span = (
         max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     ).total_seconds()
+    first = min(t.datetime_start for t in done)
+    seconds = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
     optuna.delete_study(study_name=study_name, storage=storage)  # the numbers are kept below
-    return {"completed": len(done), "span_s": round(span, 1), "per_min": 60 * len(done) / span}
+    return {
+        "completed": len(done),
+        "span_s": round(span, 1),
+        "per_min": 60 * len(done) / span,
+        # how long one trial takes, and how much of the span the workers spent in trials (the
+        # rest: waiting at the start and the end, and between trials)
+        "median_trial_s": round(seconds[len(seconds) // 2], 2),
+        "trial_s_total": round(sum(seconds), 1),
+        # what the trials were: the same seed draws the same candidates in every condition
+        # only where the trials are asked for in the same order
+        "mean_mmacs": round(sum(t.user_attrs.get("macs", 0) for t in done) / len(done) / 1e6, 2),
+        "criteria": sorted({t.params.get("criterion", "") for t in done}),
+        "trials": [
+            {
+                "number": t.number,
+                "criterion": t.params.get("criterion"),
+                "token_mode": t.params.get("token_mode"),
+                "start_s": round((t.datetime_start - first).total_seconds(), 2),
+                "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 2),
+            }
+            for t in sorted(done, key=lambda t: t.number)
+        ],
+    }
 
 
 def run(backend: str, workers: int, cores: int, trials: int, storage: str, tmp: Path) -> dict:
@@ -121,6 +208,7 @@ def run(backend: str, workers: int, cores: int, trials: int, storage: str, tmp: 
             "per_cpu_min": r["per_min"] / cores,
             "wall_s": round(wall, 1),
             "per_min_wall": 60 * r["completed"] / wall,
+            "busy": r["trial_s_total"] / (r["span_s"] * workers),
         }
     )
     return r
@@ -153,6 +241,12 @@ def main() -> None:
         help="a PostgreSQL URL shared by every condition, or `sqlite` (a file per condition)",
     )
     p.add_argument("--conditions", default=DEFAULT_CONDITIONS, help="backend:workers:cores,...")
+    p.add_argument(
+        "--ceiling",
+        type=int,
+        default=6,
+        help="candidates for the machine's own 2-process ceiling (0: skip it)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args()
     max_cores = len(os.sched_getaffinity(0))
@@ -169,13 +263,13 @@ def main() -> None:
             )
     print(
         f"\n{'condition':12} {'threads':>7} {'trials':>6} {'span s':>7} {'trials/min':>10} "
-        f"{'/CPU-min':>8} {'wall s':>7} {'/min wall':>9}"
+        f"{'/CPU-min':>8} {'wall s':>7} {'/min wall':>9} {'trial s':>7} {'busy':>5}"
     )
     for r in rows:
         print(
             f"{r['condition']:12} {r['torch_threads']:7} {r['completed']:6} {r['span_s']:7.1f} "
             f"{r['per_min']:10.2f} {r['per_cpu_min']:8.2f} {r['wall_s']:7.1f} "
-            f"{r['per_min_wall']:9.2f}"
+            f"{r['per_min_wall']:9.2f} {r['median_trial_s']:7.1f} {r['busy']:5.2f}"
         )
     s = summary(rows)
     if "ray_overhead" in s:
@@ -191,6 +285,14 @@ def main() -> None:
                 f"the trials per CPU-minute of 1 on 1; target >= 0.9: "
                 f"{'met' if s[f'{backend}_meets_0.9_linear'] else 'NOT met'}"
             )
+    if a.ceiling:
+        with tempfile.TemporaryDirectory() as d:
+            s["machine_ceiling"] = c = ceiling(a.ceiling, Path(d))
+        print(
+            f"this machine's own ceiling: {c['candidates']} candidates scored in "
+            f"{c['alone_s']:.1f} s alone on one core, {c['together_s']} s each by two processes "
+            f"at once: {c['per_core_scaling']:.2f}x per core"
+        )
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "scaling.json").write_text(
         json.dumps({"cores": max_cores, "trials": a.trials, "rows": rows, **s}, indent=2) + "\n"

@@ -50,6 +50,26 @@ TINY_CLI = [
 ]
 
 
+def search_args(
+    storage: str, study: str, n_trials: int, *extra: str, budget: str = "flops=50%"
+) -> list[str]:
+    """`prunetune search` arguments for a tiny search (TINY_CLI) on ``storage``/``study``;
+    ``extra`` flags follow."""
+    return [
+        "search",
+        "--budget",
+        budget,
+        "--storage",
+        storage,
+        "--study",
+        study,
+        "--n-trials",
+        str(n_trials),
+        *TINY_CLI,
+        *extra,
+    ]
+
+
 def run(argv, capsys):
     code = main(argv)
     out = capsys.readouterr()

@@ -25,10 +25,10 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 import prunetune.search._pareto as pareto_mod
 from _helpers import (
-    TINY_CLI,
     assert_usage_error,
     cli,
     run,
+    search_args,
     sqlite_url,
     stop,
     subprocess_env,
@@ -51,20 +51,7 @@ STUDY = "art"
 
 
 def _search_argv(url: str, store: str) -> list[str]:
-    return [
-        "search",
-        "--budget",
-        "flops=50%",
-        "--storage",
-        url,
-        "--study",
-        STUDY,
-        "--n-trials",
-        "3",
-        *TINY_CLI,
-        "--artifact-store",
-        store,
-    ]
+    return search_args(url, STUDY, 3, "--artifact-store", store)
 
 
 def _tuned_in(mp: pytest.MonkeyPatch) -> list[int]:

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import fields
 from pathlib import Path
 
 import optuna
@@ -32,14 +31,14 @@ from optuna.trial import TrialState
 from _helpers import (
     DONE,
     PG_URL,
-    TINY_CLI,
     _postgres_reachable,
     cli,
+    search_args,
     sqlite_url,
     stop,
     subprocess_env,
 )
-from prunetune.search import SearchSettings, finals, load_study
+from prunetune.search import finals, load_study
 from prunetune.search._ray import cpus_per_trial
 
 RAY = Path(sys.executable).with_name("ray")
@@ -82,21 +81,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="need
 
 def test_a_local_ray_search_listens_only_on_loopback(tmp_path):
     before = _listening()
-    args = [
-        "search",
-        "--budget",
-        "flops=50%",
-        "--backend",
-        "ray",
-        "--storage",
-        sqlite_url(tmp_path / "s.db"),
-        "--study",
-        "lo",
-        "--n-trials",
-        "2",
-        *TINY_CLI,
-        "--no-final",
-    ]
+    args = search_args(sqlite_url(tmp_path / "s.db"), "lo", 2, "--backend", "ray", "--no-final")
     proc = subprocess.Popen(
         cli(*args),
         stdout=subprocess.PIPE,
@@ -222,23 +207,16 @@ def ray_head():
 
 
 def _search(tmp_path, study: str, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
-    args = [
-        "search",
-        "--budget",
-        "flops=50%",
+    args = search_args(
+        sqlite_url(tmp_path / "s.db"),
+        study,
+        n_trials,
         "--backend",
         "ray",
-        "--storage",
-        sqlite_url(tmp_path / "s.db"),
-        "--study",
-        study,
-        "--n-trials",
-        str(n_trials),
-        *TINY_CLI,
         "--front-max",
         "1",
         *extra,
-    ]
+    )
     return subprocess.run(
         cli(*args), capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=600
     )
@@ -354,41 +332,38 @@ def test_a_two_node_cluster_loses_no_trial_and_exports_from_a_third_folder(two_n
     driver, store, third = tmp_path / "driver", tmp_path / "shared-store", tmp_path / "third"
     driver.mkdir()
     third.mkdir()
-    # the Pareto-stage weights go to a folder every machine shares, where the option exists
-    has_store = "artifact_store" in {f.name for f in fields(SearchSettings)}
-    args = [
-        "search",
-        "--budget",
-        "flops=50%",
+
+    def run(cwd: Path, timeout: int, *args: str) -> None:
+        res = subprocess.run(
+            cli(*args),
+            capture_output=True,
+            text=True,
+            env=two_nodes["env"],
+            cwd=cwd,
+            timeout=timeout,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    # the Pareto-stage weights go to a folder every machine shares
+    args = search_args(
+        PG_URL,
+        study,
+        4,
         "--backend",
         "ray",
         "--workers",
         "2",
         "--address",
         two_nodes["gcs"],
-        "--storage",
-        PG_URL,
-        "--study",
-        study,
-        "--n-trials",
-        "4",
-        *TINY_CLI,
         "--front-max",
         "1",
         "--artifacts",
         str(driver / "artifacts"),
-        *(["--artifact-store", str(store)] if has_store else []),
-    ]
+        "--artifact-store",
+        str(store),
+    )
     try:
-        res = subprocess.run(
-            cli(*args),
-            capture_output=True,
-            text=True,
-            env=two_nodes["env"],
-            cwd=driver,
-            timeout=900,
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
+        run(driver, 900, *args)
         trials = load_study(PG_URL, study).get_trials(deepcopy=False)
         # no trial lost, failed or run twice: exactly the requested total, all finished
         assert len(trials) == 4, [t.state for t in trials]
@@ -399,19 +374,21 @@ def test_a_two_node_cluster_loses_no_trial_and_exports_from_a_third_folder(two_n
         assert {t.user_attrs["torch_threads"] for t in trials} == {1}
         tuned = set(finals(load_study(PG_URL, study)))
         assert tuned, "the Pareto stage fine-tuned no member"
-        if has_store:
-            shutil.rmtree(driver)  # the driver's machine is gone; the shared store remains
+        shutil.rmtree(driver)  # the driver's machine is gone; the shared store remains
 
         out = third / "export"
-        res = subprocess.run(
-            cli("export", "--storage", PG_URL, "--study", study, "--out", str(out), "--front"),
-            capture_output=True,
-            text=True,
-            env=two_nodes["env"],
-            cwd=third,
-            timeout=600,
+        run(
+            third,
+            600,
+            "export",
+            "--storage",
+            PG_URL,
+            "--study",
+            study,
+            "--out",
+            str(out),
+            "--front",
         )
-        assert res.returncode == 0, res.stderr[-3000:]
         best = json.loads((out / "export.json").read_text())
         assert best["tuned"] is True and (out / "model.safetensors").stat().st_size > 0
         members = [json.loads(p.read_text()) for p in (out / "front").glob("trial_*/export.json")]

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from _helpers import PG_URL, TINY_CLI, _postgres_reachable, cli, stop, subprocess_env
+from _helpers import PG_URL, _postgres_reachable, cli, search_args, stop, subprocess_env
 from prunetune._io import atomic_dir, prepare_out
 from prunetune.errors import PrunetuneError
 from prunetune.search import load_study
@@ -88,22 +88,9 @@ def test_three_workers_run_exactly_the_study_total(tmp_path):
     """``--n-trials`` is a study total: three workers on one new database run it exactly."""
     n_trials = 6
     with fresh_postgres_database() as url:
-        args = [
-            "search",
-            "--budget",
-            "flops=50%",
-            "--storage",
-            url,
-            "--study",
-            "total",
-            "--n-trials",
-            str(n_trials),
-            *TINY_CLI,
-            "--front-max",
-            "1",
-            "--artifacts",
-            str(tmp_path / "art"),
-        ]
+        args = search_args(
+            url, "total", n_trials, "--front-max", "1", "--artifacts", str(tmp_path / "art")
+        )
         procs = [
             subprocess.Popen(
                 cli(*args, *extra),

@@ -33,13 +33,13 @@ from _helpers import (  # noqa: E402
     DONE,
     PG_URL,
     TINY,
-    TINY_CLI,
     _postgres_reachable,
     assert_usage_error,
     cli,
     count_done,
     retried_from,
     run,
+    search_args,
     sqlite_url,
     stop,
     subprocess_env,
@@ -447,21 +447,7 @@ def test_unreachable_budget_fails_before_any_trial(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(search_mod, "prune", never)
     url = sqlite_url(tmp_path / "low.db")
-    code, _, err = run(
-        [
-            "search",
-            "--budget",
-            "flops=0.01%",
-            "--storage",
-            url,
-            "--study",
-            "low",
-            "--n-trials",
-            "3",
-            *TINY_CLI,
-        ],
-        capsys,
-    )
+    code, _, err = run(search_args(url, "low", 3, budget="flops=0.01%"), capsys)
     assert_usage_error(code, err, "below what any configuration", "flops=0.01%")
     assert not (
         tmp_path / "low.db"
@@ -604,19 +590,7 @@ def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
     url = sqlite_url(db)
     n_trials = 3
     names = set(load_space(SPEC, "hybrid").names)
-    args = [
-        "search",
-        "--budget",
-        "flops=50%",
-        "--storage",
-        url,
-        "--study",
-        "s",
-        "--n-trials",
-        str(n_trials),
-        *TINY_CLI,
-        "--no-final",
-    ]
+    args = search_args(url, "s", n_trials, "--no-final")
     proc = subprocess.Popen(
         cli(*args),
         stdout=subprocess.DEVNULL,
@@ -671,21 +645,7 @@ def test_resume_after_kill_retries_the_killed_trial(tmp_path, capsys):
         if t.state in DONE:
             assert by_number[n].state == t.state and by_number[n].values == t.values
 
-    code, _, err = run(
-        [
-            "search",
-            "--budget",
-            "flops=40%",
-            "--storage",
-            url,
-            "--study",
-            "s",
-            "--n-trials",
-            str(n_trials),
-            *TINY_CLI,
-        ],
-        capsys,
-    )
+    code, _, err = run(search_args(url, "s", n_trials, budget="flops=40%"), capsys)
     assert_usage_error(code, err, "budget='flops=50%'", "budget='flops=40%'", "--study")
     assert len(load_study(url, "s").trials) == len(trials)
 
@@ -699,22 +659,9 @@ def test_two_workers_share_a_postgres_study(tmp_path):
         pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({why})")
     name = f"prunetune-test-{uuid.uuid4().hex[:12]}"
     n_trials = 4
-    args = [
-        "search",
-        "--budget",
-        "flops=50%",
-        "--storage",
-        PG_URL,
-        "--study",
-        name,
-        "--n-trials",
-        str(n_trials),
-        *TINY_CLI,
-        "--front-max",
-        "1",
-        "--artifacts",
-        str(tmp_path / "art"),
-    ]
+    args = search_args(
+        PG_URL, name, n_trials, "--front-max", "1", "--artifacts", str(tmp_path / "art")
+    )
     procs = []
     try:
         for extra in ([], ["--no-final"]):

@@ -180,6 +180,27 @@ _BUILTIN_SOURCES = {
 }
 
 
+def preprocessing_for(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: str,
+    mean=None,
+    std=None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> Preprocessing:
+    """The preprocessing of ``data`` for ``model``: the built-in data's fixed scaling (it ships
+    as tensors in [0, 1]), else :func:`resolve_preprocessing`."""
+    in_chans = family_for(spec.name).stem(model).in_chans  # the model may be pruned
+    if data in BUILTIN_DATA:
+        return Preprocessing(
+            {"builtin": f"{_BUILTIN_SOURCES[data]}, (x - 0.5) / 0.5", "source": data},
+            in_chans,
+            "built in",
+        )
+    return resolve_preprocessing(model, spec, in_chans, mean, std, interpolation, crop_pct)
+
+
 def deployment_preprocessing(
     model: nn.Module,
     spec: ModelSpec,
@@ -195,17 +216,17 @@ def deployment_preprocessing(
     the built-in data, which ships as tensors, the scaling (x - 0.5) / 0.5 and where the
     images came from.
     """
-    in_chans = family_for(spec.name).stem(model).in_chans  # the model may be pruned
     if data is None and spec.name in BUILTIN_MODELS:
         data = BUILTIN_MODELS[spec.name][1]
-    if data in BUILTIN_DATA:
+    pre = preprocessing_for(model, spec, data, mean, std, interpolation, crop_pct)
+    c = pre.data_config
+    if c.get("builtin"):
         return {
             "input_size": list(input_shape(model)),
-            "mean": [0.5] * in_chans,
-            "std": [0.5] * in_chans,
-            "source": _BUILTIN_SOURCES[data] + ", in [0, 1]",
+            "mean": [0.5] * pre.in_chans,
+            "std": [0.5] * pre.in_chans,
+            "source": _BUILTIN_SOURCES[c["source"]] + ", in [0, 1]",
         }
-    c = resolve_preprocessing(model, spec, in_chans, mean, std, interpolation, crop_pct).data_config
     keep = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
     return {k: list(c[k]) if isinstance(c[k], tuple) else c[k] for k in keep if k in c}
 
@@ -268,14 +289,8 @@ def load_base(
         download=download,
         root=data_root,
     )
-    if data in BUILTIN_DATA:
-        pre = Preprocessing(
-            {"builtin": f"{_BUILTIN_SOURCES[data]}, (x - 0.5) / 0.5"},
-            arch.in_chans,
-            "built in",
-        )
-    else:
-        pre = resolve_preprocessing(model, spec, arch.in_chans, mean, std, interpolation, crop_pct)
+    pre = preprocessing_for(model, spec, data, mean, std, interpolation, crop_pct)
+    if data not in BUILTIN_DATA:
         transform = image_transform(pre.data_config, arch.in_chans)
         for ds in (splits.train, splits.val, splits.test):
             if ds is not None:

@@ -535,50 +535,38 @@ def _plot(study: optuna.Study, rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     done = [r for r in rows if r["proxy_acc"] is not None]
-    skipped = [r for r in rows if r["proxy_acc"] is None and r["tier_a_acc"] is not None]
-    if skipped:
-        ax.scatter(
-            [r["mmacs"] for r in skipped],
-            [100 * r["tier_a_acc"] for r in skipped],
-            marker="x",
-            color="0.7",
-            label="stopped after tier a (zero-shot acc)",
-        )
-    over = [r for r in done if r["feasible"] is False]
-    if over:
-        ax.scatter(
-            [r["mmacs"] for r in over],
-            [100 * r["proxy_acc"] for r in over],
-            color="0.6",
-            label="over budget (infeasible)",
-        )
-    ax.scatter(
-        [r["mmacs"] for r in done if r["feasible"] is not False],
-        [100 * r["proxy_acc"] for r in done if r["feasible"] is not False],
-        color="tab:blue",
-        alpha=0.6,
-        label="last proxy tier accuracy",
-    )
     front = sorted([r for r in done if r["front"]], key=lambda r: r["mmacs"])
-    if front:
-        ax.plot(
-            [r["mmacs"] for r in front],
-            [100 * r["proxy_acc"] for r in front],
-            "-o",
-            color="tab:orange",
-            label="Pareto front (last tier)",
-        )
-    tuned = [r for r in rows if r["final_val"] is not None]
-    if tuned:
-        ax.scatter(
-            [r["mmacs"] for r in tuned],
-            [100 * r["final_val"] for r in tuned],
-            marker="*",
-            s=160,
-            color="tab:green",
-            label="front after fine-tuning",
-            zorder=5,
-        )
+    layers = [  # (points, accuracy key, how they are drawn); empty groups are not drawn
+        (
+            [r for r in rows if r["proxy_acc"] is None and r["tier_a_acc"] is not None],
+            "tier_a_acc",
+            dict(marker="x", color="0.7", label="stopped after tier a (zero-shot acc)"),
+        ),
+        (
+            [r for r in done if r["feasible"] is False],
+            "proxy_acc",
+            dict(color="0.6", label="over budget (infeasible)"),
+        ),
+        (
+            [r for r in done if r["feasible"] is not False],
+            "proxy_acc",
+            dict(color="tab:blue", alpha=0.6, label="last proxy tier accuracy"),
+        ),
+        (front, "proxy_acc", dict(line=True, color="tab:orange", label="Pareto front (last tier)")),
+        (
+            [r for r in rows if r["final_val"] is not None],
+            "final_val",
+            dict(marker="*", s=160, color="tab:green", label="front after fine-tuning", zorder=5),
+        ),
+    ]
+    for points, key, style in layers:
+        if not points:
+            continue
+        xy = ([r["mmacs"] for r in points], [100 * r[key] for r in points])
+        if style.pop("line", False):
+            ax.plot(*xy, "-o", **style)
+        else:
+            ax.scatter(*xy, **style)
     dense = study_entry(study, "dense")
     if dense:
         ax.scatter(
